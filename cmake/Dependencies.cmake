@@ -1,0 +1,28 @@
+# Every dependency is a Debian package (see .ci/run); nothing is downloaded at build time.
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 2.0 REQUIRED)
+find_package(fmt 9 REQUIRED)
+
+# xxHash is used header-only (XXH_INLINE_ALL): fast, and no shared library to carry.
+find_path(KVANT_XXHASH_INCLUDE_DIR xxhash.h REQUIRED)
+add_library(kvant_xxhash INTERFACE)
+target_include_directories(kvant_xxhash SYSTEM INTERFACE ${KVANT_XXHASH_INCLUDE_DIR})
+target_compile_definitions(kvant_xxhash INTERFACE XXH_INLINE_ALL)
+
+# fmt header-only, for the same reason.
+set(KVANT_FMT fmt::fmt-header-only)
+
+if(KVANT_PORTABLE)
+  # libgomp.a from GCC: the binaries then need no OpenMP runtime on the host.
+  find_library(KVANT_GOMP_STATIC NAMES libgomp.a PATHS ${CMAKE_CXX_IMPLICIT_LINK_DIRECTORIES})
+endif()
+add_library(kvant_openmp INTERFACE)
+if(KVANT_PORTABLE AND KVANT_GOMP_STATIC)
+  target_compile_options(kvant_openmp INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
+  target_link_libraries(kvant_openmp INTERFACE ${KVANT_GOMP_STATIC} Threads::Threads ${CMAKE_DL_LIBS})
+else()
+  target_link_libraries(kvant_openmp INTERFACE OpenMP::OpenMP_CXX)
+endif()

@@ -1,0 +1,50 @@
+// Imports a Hugging Face tokenizer (tokenizer.json, tokenizer_config.json, optional
+// chat_template.jinja and generation_config.json) into the "tokenizer.*", "chat.*" and
+// "generation.*" metadata of a .kvant file (FORMAT.md, "Tokenizer metadata").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "format/status.h"
+
+namespace kvant {
+class KvantWriter;
+}
+
+namespace kvant::convert {
+
+struct TokenizerImport {
+  std::string model_type;               // "bpe"
+  std::vector<std::string> tokens;      // by id; "" for ids the tokenizer does not define
+  std::vector<uint32_t> merges;         // flattened (left id, right id) pairs, by rank
+  std::string bpe_options_json;         // tokenizer.json "model" without vocab and merges
+  std::string added_tokens_json;        // tokenizer.json "added_tokens"
+  std::string normalizer_json, pre_tokenizer_json, post_processor_json, decoder_json;
+  int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
+  bool add_bos = false, add_eos = false;
+  std::string chat_template;                                     // the default template ("" if none)
+  std::vector<std::pair<std::string, std::string>> named_templates;  // other named templates
+  std::vector<uint32_t> eos_ids;        // every id that ends generation
+  // generation_config.json defaults (NaN / -1 when absent)
+  float temperature = -1, top_p = -1, repetition_penalty = -1;
+  int32_t top_k = -1;
+  int32_t do_sample = -1;  // -1 absent, 0 false, 1 true
+
+  void to_metadata(KvantWriter& writer) const;
+};
+
+// Parses tokenizer.json text (exposed for tests and fuzzing).
+Result<TokenizerImport> parse_tokenizer_json(std::string_view text, const std::string& file_label);
+
+// Reads the tokenizer files of a model directory. `config` is config.json (for its
+// eos/bos ids); `vocab_size` is the model's embedding rows (token ids must be below it).
+Result<TokenizerImport> import_tokenizer(const std::string& dir, const nlohmann::json& config, uint32_t vocab_size);
+
+// Reads a whole small text file (JSON, templates) with a size limit and clear errors.
+Result<std::string> read_text_file(const std::string& path, uint64_t max_bytes = 256ull << 20);
+
+}  // namespace kvant::convert
