@@ -20,13 +20,14 @@ inline float round_even(float v) {
 
 inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Sums of 32 terms in 8 fixed partial sums: deterministic on every ISA, and vectorizable.
+// Sum of the 32 terms in index order. The order is part of the reference: the SIMD
+// quantizers (kernels/cpu/quantize_*.cpp) process 8 or 16 blocks at once, one block per
+// lane, and accumulate each lane in this same order, so they match bit for bit.
 template <class Term>
 inline float block_sum(Term term) {
-  float acc[8] = {};
-  for (int j = 0; j < kB; j += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += term(j + l);
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  float acc = 0.0f;
+  for (int j = 0; j < kB; ++j) acc += term(j);
+  return acc;
 }
 
 struct BlockChoice {
@@ -119,6 +120,9 @@ double quantize_row(const float* x, int64_t cols, uint16_t* scales, QuantMethod 
 }
 
 }  // namespace
+
+QuantSearch q8_search() { return {-128.0f, 127.0f, kQ8Candidates.m, 24}; }
+QuantSearch q4_search() { return {-8.0f, 7.0f, kQ4Candidates.m, 20}; }
 
 double quantize_row_q8(const float* x, int64_t cols, int8_t* quants, uint16_t* scales, QuantMethod method) {
   return quantize_row(x, cols, scales, method, -128.0f, 127.0f, kQ8Candidates.m, 24,

@@ -19,6 +19,17 @@ enum class QuantMethod {
   absmax,  // plain round-to-nearest with d = absmax / qmax (the baseline, and for synthetic models)
 };
 
+// The search's settings, shared with the SIMD quantizers that must match it bit for bit:
+// quants are clamped to [qmin, qmax], and candidate m maps the block's largest
+// magnitude to the quant m (d0 = amax / m).
+struct QuantSearch {
+  float qmin, qmax;
+  const float* candidates;
+  int n_candidates;
+};
+QuantSearch q8_search();
+QuantSearch q4_search();
+
 // Quantize `cols` floats; writes cols quants and cols/32 scales. Returns the sum of
 // squared errors of the row after dequantization (with the stored f16 scales).
 double quantize_row_q8(const float* x, int64_t cols, int8_t* quants, uint16_t* scales,

@@ -1,0 +1,223 @@
+// The reader against a catalogue of malformed files. Each file is built byte by byte
+// here (independently of KvantWriter, which refuses to write most of them), with the
+// checksums made right so that the check under test is the one that fires.
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <cstring>
+#include <set>
+
+#include "format/reader.h"
+#include "tests/test_util.h"
+
+namespace kvant {
+namespace {
+
+template <class T>
+void put(std::vector<uint8_t>& out, T v) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&v);
+  out.insert(out.end(), p, p + sizeof(T));
+}
+void put_str(std::vector<uint8_t>& out, std::string_view s) {
+  put<uint32_t>(out, static_cast<uint32_t>(s.size()));
+  out.insert(out.end(), s.begin(), s.end());
+}
+
+struct RawTensor {
+  std::string name;
+  uint32_t dtype;
+  std::vector<uint64_t> dims;
+  uint64_t offset, size;
+};
+
+struct RawFile {
+  uint32_t major = 1, minor = 0, alignment = 64, flags = 0;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> meta;  // key, then type + value bytes
+  std::vector<RawTensor> tensors;
+  std::vector<uint8_t> data = std::vector<uint8_t>(64 + 68, 0x33);
+  std::optional<uint64_t> header_size, data_size, meta_count, tensor_count;
+  std::vector<uint8_t> header_suffix;  // extra bytes at the end of the header
+  bool fix_header_checksum = true, fix_preamble_checksum = true;
+
+  RawFile() {
+    std::vector<uint8_t> v;
+    put<uint32_t>(v, 2);  // u32
+    put<uint32_t>(v, 42);
+    meta.emplace_back("test.answer", v);
+    tensors.push_back({"x", 0, {4}, 0, 16});      // f32 [4]
+    tensors.push_back({"y", 3, {1, 64}, 64, 68});  // q8 [1, 64]
+  }
+
+  std::vector<uint8_t> build() const {
+    std::vector<uint8_t> h;
+    put<uint64_t>(h, meta_count.value_or(meta.size()));
+    for (const auto& [k, v] : meta) {
+      put_str(h, k);
+      h.insert(h.end(), v.begin(), v.end());
+    }
+    put<uint64_t>(h, tensor_count.value_or(tensors.size()));
+    for (const auto& t : tensors) {
+      put_str(h, t.name);
+      put<uint32_t>(h, t.dtype);
+      put<uint32_t>(h, static_cast<uint32_t>(t.dims.size()));
+      for (uint64_t d : t.dims) put<uint64_t>(h, d);
+      put<uint64_t>(h, t.offset);
+      put<uint64_t>(h, t.size);
+      const bool in_range = t.offset <= data.size() && t.size <= data.size() - t.offset;
+      put<uint64_t>(h, in_range ? XXH3_64bits(data.data() + t.offset, t.size) : 0);
+    }
+    h.insert(h.end(), header_suffix.begin(), header_suffix.end());
+    const uint64_t data_offset = (64 + h.size() + alignment - 1) / alignment * alignment;
+    std::vector<uint8_t> f(data_offset + data.size(), 0);
+    const uint8_t magic[8] = {'K', 'V', 'A', 'N', 'T', 0, '\r', '\n'};
+    std::memcpy(f.data(), magic, 8);
+    auto at = [&](size_t off, auto v) { std::memcpy(f.data() + off, &v, sizeof(v)); };
+    at(8, major);
+    at(12, minor);
+    at(16, header_size.value_or(h.size()));
+    at(24, fix_header_checksum ? static_cast<uint64_t>(XXH3_64bits(h.data(), h.size())) : uint64_t{12345});
+    at(32, data_offset);
+    at(40, data_size.value_or(data.size()));
+    at(48, alignment);
+    at(52, flags);
+    at(56, fix_preamble_checksum ? static_cast<uint64_t>(XXH3_64bits(f.data(), 56)) : uint64_t{999});
+    std::memcpy(f.data() + 64, h.data(), h.size());
+    std::memcpy(f.data() + data_offset, data.data(), data.size());
+    return f;
+  }
+};
+
+std::string open_error(const std::vector<uint8_t>& bytes) {
+  auto r = KvantFile::from_memory(bytes);
+  return r ? std::string() : r.status().message();
+}
+
+std::vector<uint8_t> value(uint32_t type, std::initializer_list<uint8_t> bytes) {
+  std::vector<uint8_t> v;
+  put<uint32_t>(v, type);
+  v.insert(v.end(), bytes);
+  return v;
+}
+
+TEST(Malformed, TheBaseFileIsValid) {
+  auto r = KvantFile::from_memory(RawFile().build());
+  ASSERT_TRUE(r) << r.status().message();
+  EXPECT_EQ(r.value()->tensors().size(), 2u);
+  EXPECT_EQ(*r.value()->metadata().get_u32("test.answer"), 42u);
+  EXPECT_TRUE(r.value()->verify_all().empty());
+}
+
+struct Case {
+  const char* name;
+  std::function<std::vector<uint8_t>()> make;
+  const char* expected;  // a phrase of the error message
+};
+
+TEST(Malformed, EachIsRejectedWithItsOwnMessage) {
+  const std::vector<Case> cases = {
+      {"bad magic", [] { auto f = RawFile().build(); f[0] = 'X'; return f; }, "bad magic"},
+      {"newer version", [] { RawFile r; r.major = 2; return r.build(); }, "newer than this reader"},
+      {"short file", [] { return std::vector<uint8_t>(10, 0); }, "shorter than the 64-byte preamble"},
+      {"preamble checksum", [] { RawFile r; r.fix_preamble_checksum = false; return r.build(); },
+       "preamble checksum"},
+      {"header checksum", [] { RawFile r; r.fix_header_checksum = false; return r.build(); }, "header checksum"},
+      {"header past end", [] { RawFile r; r.header_size = 1u << 20; return r.build(); },
+       "header extends past the end"},
+      {"truncated", [] { auto f = RawFile().build(); f.resize(f.size() - 10); return f; }, "truncated"},
+      {"trailing bytes", [] { auto f = RawFile().build(); f.push_back(0); return f; }, "after the data region"},
+      {"tensor past end", [] { RawFile r; r.tensors[1].offset = 128; return r.build(); }, "extends past its end"},
+      {"overlapping", [] { RawFile r; r.tensors[0].offset = 64; return r.build(); }, "overlap"},
+      {"misaligned", [] { RawFile r; r.tensors[1].offset = 32; return r.build(); }, "not aligned"},
+      {"size mismatch", [] { RawFile r; r.tensors[1].size = 60; return r.build(); }, "stores 60 bytes but shape"},
+      {"dimension overflow", [] { RawFile r; r.tensors[0].dims = {1ull << 40, 1ull << 40}; return r.build(); },
+       "overflows"},
+      {"10^12 elements", [] { RawFile r; r.tensors[0].dims = {1000000, 1000000}; r.tensors[0].size = 4000000000000ull;
+                              return r.build(); }, "extends past its end"},
+      {"dimension too large", [] { RawFile r; r.tensors[0].dims = {(1ull << 40) + 1}; return r.build(); },
+       "above the limit"},
+      {"zero dimension", [] { RawFile r; r.tensors[0].dims = {0}; return r.build(); }, "zero dimension"},
+      {"too many dimensions", [] { RawFile r; r.tensors[0].dims = {1, 1, 1, 1, 4}; return r.build(); },
+       "dimensions (1 to 4 allowed)"},
+      {"unknown dtype", [] { RawFile r; r.tensors[0].dtype = 17; return r.build(); }, "unknown dtype 17"},
+      {"quantized row length", [] { RawFile r; r.tensors[1].dims = {2, 32}; return r.build(); },
+       "not a multiple of 64"},
+      {"duplicate names", [] { RawFile r; r.tensors[1].name = "x"; return r.build(); }, "duplicate tensor name"},
+      {"non-UTF-8 name", [] { RawFile r; r.tensors[1].name = "bad\xff"; return r.build(); }, "not valid UTF-8"},
+      {"empty name", [] { RawFile r; r.tensors[1].name = ""; return r.build(); }, "empty name"},
+      {"bad alignment", [] { RawFile r; r.alignment = 48; return r.build(); }, "not a power of two"},
+      {"unknown flags", [] { RawFile r; r.flags = 1; return r.build(); }, "unknown preamble flags"},
+      {"metadata count", [] { RawFile r; r.meta_count = 1ull << 50; return r.build(); },
+       "metadata count"},
+      {"tensor count", [] { RawFile r; r.tensor_count = 1000000000000ull; return r.build(); }, "tensor count"},
+      {"unknown value type", [] { RawFile r; r.meta[0].second = value(77, {0, 0, 0, 0}); return r.build(); },
+       "unknown value type 77"},
+      {"bad bool", [] { RawFile r; r.meta[0].second = value(1, {2}); return r.build(); }, "not 0 or 1"},
+      {"non-UTF-8 string", [] { RawFile r; r.meta[0].second = value(8, {2, 0, 0, 0, 0xc0, 0xaf}); return r.build(); },
+       "string value is not valid UTF-8"},
+      {"string past header", [] { RawFile r; r.meta[0].second = value(8, {0xff, 0xff, 0xff, 0x00}); return r.build(); },
+       "header ends inside"},
+      {"huge array", [] { RawFile r;
+                          r.meta[0].second = value(9, {2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0});
+                          return r.build(); }, "more than the header can hold"},
+      {"bad key", [] { RawFile r; r.meta[0].first = "Bad Key"; return r.build(); }, "not made of [a-z0-9_.]"},
+      {"duplicate key", [] { RawFile r; r.meta.push_back(r.meta[0]); return r.build(); }, "duplicate metadata key"},
+      {"trailing header bytes", [] { RawFile r; r.header_suffix = {1, 2, 3}; return r.build(); },
+       "unexpected bytes at the end of the header"},
+  };
+  std::set<std::string> messages;
+  for (const auto& c : cases) {
+    const std::string msg = open_error(c.make());
+    EXPECT_NE(msg, "") << c.name << ": accepted";
+    EXPECT_NE(msg.find(c.expected), std::string::npos) << c.name << ": got '" << msg << "'";
+    messages.insert(msg);
+  }
+  EXPECT_EQ(messages.size(), cases.size()) << "every malformation has its own message";
+}
+
+// Every single-byte corruption of the preamble and header, with checksums repaired so
+// the parser sees it, and every truncation: an error or a valid file, never a crash
+// (this suite also runs under ASan/UBSan).
+TEST(Malformed, NoCorruptionCrashes) {
+  const RawFile base;
+  const std::vector<uint8_t> good = base.build();
+  uint64_t header_size;
+  std::memcpy(&header_size, good.data() + 16, 8);
+  for (size_t pos = 0; pos < 64 + header_size; ++pos) {
+    for (uint8_t flip : {0x01, 0x80, 0xff}) {
+      std::vector<uint8_t> f = good;
+      f[pos] ^= flip;
+      const uint64_t h = XXH3_64bits(f.data() + 64, std::min<uint64_t>(header_size, f.size() - 64));
+      if (pos < 24 || pos >= 32) std::memcpy(f.data() + 24, &h, 8);
+      const uint64_t p = XXH3_64bits(f.data(), 56);
+      if (pos < 56) std::memcpy(f.data() + 56, &p, 8);
+      auto r = KvantFile::from_memory(f);
+      if (r) {
+        for (const auto& t : r.value()->tensors()) (void)r.value()->verify_tensor(t);
+      }
+    }
+  }
+  for (size_t len = 0; len < good.size(); ++len) {
+    std::vector<uint8_t> f(good.begin(), good.begin() + static_cast<long>(len));
+    EXPECT_FALSE(KvantFile::from_memory(f)) << "truncated to " << len;
+  }
+}
+
+TEST(Malformed, FlippedTensorByteIsNamedByVerify) {
+  const std::vector<uint8_t> good = RawFile().build();
+  auto r = KvantFile::from_memory(good);
+  ASSERT_TRUE(r);
+  for (const auto& t : r.value()->tensors()) {
+    for (uint64_t i = 0; i < t.size; i += 7) {
+      std::vector<uint8_t> f = good;
+      f[r.value()->data_offset() + t.offset + i] ^= 0x10;
+      auto bad = KvantFile::from_memory(f);
+      ASSERT_TRUE(bad);  // the header is intact
+      const auto failed = bad.value()->verify_all();
+      ASSERT_EQ(failed.size(), 1u);
+      EXPECT_EQ(failed[0], t.name);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvant

@@ -1,0 +1,74 @@
+#include "tests/test_util.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace kvant::test {
+
+namespace fs = std::filesystem;
+
+std::string data_dir() { return KVANT_TEST_DATA_DIR; }
+std::string bin_dir() { return KVANT_BIN_DIR; }
+std::string fixture_dir(const std::string& name) { return data_dir() + "/fixtures/" + name; }
+
+std::string temp_dir() {
+  static const std::string dir = [] {
+    std::string pattern = (fs::temp_directory_path() / "kvant-test-XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    return pattern;
+  }();
+  return dir;
+}
+
+std::string default_model_dir() {
+  if (const char* env = std::getenv("KVANT_DEFAULT_MODEL")) return env;
+  std::string cache;
+  if (const char* c = std::getenv("KVANT_CACHE_DIR")) cache = c;
+  else if (const char* x = std::getenv("XDG_CACHE_HOME")) cache = std::string(x) + "/kvant";
+  else if (const char* h = std::getenv("HOME")) cache = std::string(h) + "/.cache/kvant";
+  const std::string dir = cache + "/models/SmolLM2-135M-Instruct";
+  return fs::exists(dir + "/.complete") ? dir : "";
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+bool file_exists(const std::string& path) { return fs::exists(path); }
+
+CommandResult run_command(const std::string& command) {
+  const std::string full = command + " 2>&1";
+  FILE* pipe = popen(full.c_str(), "r");
+  if (!pipe) throw std::runtime_error("popen failed: " + command);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::vector<float> gaussian(size_t n, uint64_t seed, float stddev) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+}  // namespace kvant::test
