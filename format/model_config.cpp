@@ -31,7 +31,8 @@ constexpr std::pair<std::string_view, Activation> kActNames[] = {
     {"silu", Activation::silu}, {"gelu_tanh", Activation::gelu_tanh}, {"gelu", Activation::gelu}};
 constexpr std::pair<std::string_view, RopeScaling> kRopeNames[] = {
     {"none", RopeScaling::none}, {"linear", RopeScaling::linear}, {"llama3", RopeScaling::llama3}};
-constexpr std::pair<std::string_view, KvType> kKvNames[] = {{"f16", KvType::f16}, {"q8", KvType::q8}, {"q4", KvType::q4}};
+constexpr std::pair<std::string_view, KvType> kKvNames[] = {
+    {"f16", KvType::f16}, {"q8", KvType::q8}, {"q4", KvType::q4}, {"f32", KvType::f32}};
 
 Status field_error(std::string_view field, uint64_t value, std::string_view why) {
   return Status::error(ErrorCode::invalid_argument, "model {} = {} is invalid: {}", field, value, why);
@@ -175,6 +176,7 @@ uint64_t ModelConfig::kv_bytes_per_token(KvType t) const {
   // scale for the quantized types (kernels/layout.h, "KV pages").
   uint64_t per_head = 0;
   switch (t) {
+    case KvType::f32: per_head = 4ull * head_dim; break;
     case KvType::f16: per_head = 2ull * head_dim; break;
     case KvType::q8: per_head = head_dim + 2ull; break;
     case KvType::q4: per_head = head_dim / 2 + 2ull; break;

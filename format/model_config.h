@@ -19,11 +19,11 @@ enum class Arch { llama, mistral, qwen2, gpt2 };
 enum class NormType { rmsnorm, layernorm };
 enum class Activation { silu, gelu_tanh, gelu };
 enum class RopeScaling { none, linear, llama3 };
-enum class KvType { f16, q8, q4 };  // KV-cache element types
+enum class KvType { f16, q8, q4, f32 };  // KV-cache element types (f32: exact reference, for tests)
 
 std::string_view arch_name(Arch a);
 std::string_view kv_type_name(KvType t);
-Result<KvType> kv_type_from_name(std::string_view name);  // "f16", "q8", "q4"
+Result<KvType> kv_type_from_name(std::string_view name);  // "f16", "q8", "q4", "f32"
 
 struct ModelConfig {
   Arch arch = Arch::llama;

@@ -100,7 +100,8 @@ std::vector<uint8_t> value(uint32_t type, std::initializer_list<uint8_t> bytes) 
 }
 
 TEST(Malformed, TheBaseFileIsValid) {
-  auto r = KvantFile::from_memory(RawFile().build());
+  const std::vector<uint8_t> bytes = RawFile().build();  // from_memory borrows them
+  auto r = KvantFile::from_memory(bytes);
   ASSERT_TRUE(r) << r.status().message();
   EXPECT_EQ(r.value()->tensors().size(), 2u);
   EXPECT_EQ(*r.value()->metadata().get_u32("test.answer"), 42u);

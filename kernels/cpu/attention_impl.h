@@ -1,0 +1,76 @@
+// The attention kernel, written once over an ISA's vector helpers `S` (dot, axpy,
+// scale, row loaders). Instantiated by attention.cpp (scalar), attention_avx2.cpp and
+// attention_avx512.cpp, each compiled for its ISA.
+#pragma once
+
+#include <cmath>
+
+#include "kernels/cpu/attention.h"
+
+namespace kvant::cpu::detail {
+
+template <class S>
+void attend_group_impl(const AttentionArgs& a, int64_t g, const float* q, int64_t begin, int64_t end, float* out,
+                       float* scratch) {
+  const KvLayout& L = *a.layout;
+  const int64_t hd = a.head_dim, group = a.n_heads / a.n_kv_heads, P = L.page_tokens;
+  float* acc = scratch;                 // group × hd
+  float* row = acc + group * hd;        // hd: one dequantized K or V row
+  float* scores = row + hd;             // group × P
+  float m[64], l[64];                   // group ≤ 64
+  // Rotated KV rows: attend with the rotated query, rotate the result back.
+  const bool rotated = kv_rotated(L.type, hd);
+  float q_rot[64 * 256];
+  if (rotated) {
+    for (int64_t i = 0; i < group; ++i) {
+      std::copy(q + (g * group + i) * hd, q + (g * group + i + 1) * hd, q_rot + i * hd);
+      hadamard(q_rot + i * hd, hd);
+    }
+  }
+  auto query = [&](int64_t i) { return rotated ? q_rot + i * hd : q + (g * group + i) * hd; };
+  for (int64_t i = 0; i < group; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+    for (int64_t d = 0; d < hd; ++d) acc[i * hd + d] = 0.0f;
+  }
+  const uint64_t rb = L.row_bytes();
+  for (int64_t p0 = begin; p0 < end;) {
+    const int64_t page = p0 / P, slot0 = p0 % P;
+    const int64_t n = std::min(end - p0, P - slot0);
+    const uint8_t* kreg = a.pages[page] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
+    const uint8_t* vreg = a.pages[page] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
+    const auto* kscale = reinterpret_cast<const uint16_t*>(kreg + L.scales_offset());
+    const auto* vscale = reinterpret_cast<const uint16_t*>(vreg + L.scales_offset());
+    for (int64_t p = 0; p < n; ++p) {
+      S::load_row(L.type, kreg + (slot0 + p) * rb, kscale + slot0 + p, hd, row);
+      for (int64_t i = 0; i < group; ++i) scores[i * P + p] = S::dot(query(i), row, hd) * a.scale;
+    }
+    for (int64_t i = 0; i < group; ++i) {
+      float* s = scores + i * P;
+      float mb = m[i];
+      for (int64_t p = 0; p < n; ++p) mb = std::fmax(mb, s[p]);
+      const float correction = std::exp(m[i] - mb);  // 0 on the first page (m = -inf)
+      m[i] = mb;
+      float sum = 0.0f;
+      for (int64_t p = 0; p < n; ++p) {
+        s[p] = std::exp(s[p] - mb);
+        sum += s[p];
+      }
+      l[i] = l[i] * correction + sum;
+      S::scale(acc + i * hd, correction, hd);
+    }
+    for (int64_t p = 0; p < n; ++p) {
+      S::load_row(L.type, vreg + (slot0 + p) * rb, vscale + slot0 + p, hd, row);
+      for (int64_t i = 0; i < group; ++i) S::axpy(scores[i * P + p], row, acc + i * hd, hd);
+    }
+    p0 += n;
+  }
+  for (int64_t i = 0; i < group; ++i) {
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+    float* o = out + (g * group + i) * hd;
+    for (int64_t d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
+    if (rotated) hadamard(o, hd);
+  }
+}
+
+}  // namespace kvant::cpu::detail

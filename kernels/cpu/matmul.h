@@ -1,0 +1,77 @@
+// Weight matrix × activations on the CPU: decode GEMV and prefill GEMM for every
+// .kvant weight type. q8/q4 weights multiply int8 activations quantized on the fly
+// (VNNI on AVX-512, maddubs on AVX2); f32/f16/bf16 weights multiply f32 activations.
+// Each SIMD level is tested against the scalar reference (tests/matmul_test.cpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "format/dtype.h"
+#include "kernels/cpu/cpu_features.h"
+
+namespace kvant::cpu {
+
+// A weight matrix [rows, cols] in its .kvant layout (format/FORMAT.md section 6).
+struct WeightMatrix {
+  DType dtype = DType::f32;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+
+  const uint16_t* scales() const {  // q8 / q4: the scale region
+    return reinterpret_cast<const uint16_t*>(
+        data + quant_region_bytes(dtype, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)));
+  }
+  bool quantized() const { return dtype_is_quantized(dtype); }
+};
+
+// Activations quantized for q8/q4 weights: one record per token, act_record_bytes(k)
+// bytes (a multiple of 64), laid out as
+//   int8  q[k]          values in [-127, 127], x ≈ scale_b · q within block b of 32
+//   uint8 qu[k]         q + 128: the unsigned operand of VNNI dot products with q8 weights
+//   float scale[k/32]
+//   float corr[k/32]    8 · scale_b · Σ_{j in b} q_j: removes the +8 offset of q4 nibbles
+// k must be a multiple of 64.
+size_t act_record_bytes(int64_t k);
+void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level = active_simd_level());
+
+struct ActRecord {  // typed view of one record
+  const int8_t* q;
+  const uint8_t* qu;
+  const float* scale;
+  const float* corr;
+  ActRecord(const uint8_t* record, int64_t k)
+      : q(reinterpret_cast<const int8_t*>(record)),
+        qu(record + k),
+        scale(reinterpret_cast<const float*>(record + 2 * k)),
+        corr(reinterpret_cast<const float*>(record + 2 * k) + k / 32) {}
+};
+
+struct MatmulArgs {
+  WeightMatrix w;
+  const float* x = nullptr;     // f32 activations, n_tokens rows of w.cols (float weights)
+  int64_t ldx = 0;
+  const uint8_t* xq = nullptr;  // quantized records, n_tokens of act_record_bytes (q8/q4)
+  int64_t n_tokens = 0;
+  float* y = nullptr;           // y[t * ldy + (r - y_row0)]
+  int64_t ldy = 0;
+  int64_t y_row0 = 0;           // the row stored at y[0] (a chunk of rows into scratch)
+  bool accumulate = false;      // y += W x (a fused residual) instead of y = W x
+};
+
+// Computes output rows [r0, r1) for every token. Threads split the rows.
+void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level = active_simd_level());
+
+namespace detail {
+using MatmulFn = void (*)(const MatmulArgs&, int64_t, int64_t);
+using QuantizeActsFn = void (*)(const float*, int64_t, uint8_t*);
+struct MatmulKernels {
+  QuantizeActsFn quantize_acts;
+  MatmulFn by_dtype[kDTypeCount];
+};
+const MatmulKernels& matmul_kernels_reference();
+const MatmulKernels& matmul_kernels_avx2();
+const MatmulKernels& matmul_kernels_avx512();
+}  // namespace detail
+
+}  // namespace kvant::cpu

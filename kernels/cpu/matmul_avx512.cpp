@@ -1,0 +1,214 @@
+// AVX-512 matmul kernels (F, BW, VL, DQ, VNNI). Compiled with the flags in
+// kernels/CMakeLists.txt; only called when the CPU has them (cpu_features.cpp).
+//
+// Quantized weights, for a tile of R rows × T tokens, per chunk of 64 weights (two
+// blocks of 32): one vpdpbusd per (row, token) gives 16 int32 lanes, lanes 0-7 from
+// block 2c and 8-15 from block 2c+1; they are converted to float and multiplied by the
+// lane's scale (weight scale · activation scale, permuted from 16 block scales loaded
+// once per 512 weights). All lanes are summed at the end, so q4's +8 offset is removed
+// by subtracting w_scale · corr for each block in the same accumulator.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/cpu/matmul.h"
+
+namespace kvant::cpu::detail {
+
+namespace {
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// ---- activation quantization (bit-identical to the reference) -----------------------
+
+void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
+  auto* q = reinterpret_cast<int8_t*>(record);
+  uint8_t* qu = record + k;
+  auto* scale = reinterpret_cast<float*>(record + 2 * k);
+  float* corr = scale + k / 32;
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i i0 = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v0, vid), magic), magic));
+    const __m512i i1 = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v1, vid), magic), magic));
+    const __m128i b0 = _mm512_cvtepi32_epi8(i0), b1 = _mm512_cvtepi32_epi8(i1);
+    const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), bytes);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qu + b * 32), _mm256_xor_si256(bytes, _mm256_set1_epi8(-128)));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    scale[b] = d;
+    corr[b] = 8.0f * d * static_cast<float>(sum);
+  }
+}
+
+// ---- quantized weights -------------------------------------------------------------
+
+// Lane-scale permutation for chunk c of a 16-block group: lanes 0-7 <- block 2c, 8-15 <- 2c+1.
+inline __m512i chunk_index(int c) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * c)), _mm256_set1_epi32(2 * c + 1), 1);
+}
+
+// 32 bytes of q4 -> 64 unsigned nibbles in natural order (low nibbles, then high).
+inline __m512i unpack_q4(const uint8_t* p) {
+  const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0f));
+}
+
+template <DType D, int R, int T>
+inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
+  const int64_t k = a.w.cols, blocks = k / 32;
+  const size_t rec = act_record_bytes(k);
+  const uint16_t* ws[R];
+  const uint8_t* wq[R];
+  for (int i = 0; i < R; ++i) {
+    ws[i] = a.w.scales() + (r + i) * blocks;
+    wq[i] = a.w.data + (r + i) * (D == DType::q4 ? k / 2 : k);
+  }
+  const int8_t* xq[T];
+  const uint8_t* xu[T];
+  const float* xs[T];
+  const float* xc[T];
+  for (int j = 0; j < T; ++j) {
+    const ActRecord rec_j(a.xq + (t + j) * rec, k);
+    xq[j] = rec_j.q;
+    xu[j] = rec_j.qu;
+    xs[j] = rec_j.scale;
+    xc[j] = rec_j.corr;
+  }
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+
+  for (int64_t g = 0; g < blocks; g += 16) {
+    const int nb = static_cast<int>(blocks - g < 16 ? blocks - g : 16);
+    const __mmask16 m = static_cast<__mmask16>(nb == 16 ? 0xffff : (1u << nb) - 1u);
+    __m512 sw[R], sx[T];
+    for (int i = 0; i < R; ++i) sw[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ws[i] + g));
+    for (int j = 0; j < T; ++j) sx[j] = _mm512_maskz_loadu_ps(m, xs[j] + g);
+    if constexpr (D == DType::q4) {
+      for (int j = 0; j < T; ++j) {
+        const __m512 corr = _mm512_maskz_loadu_ps(m, xc[j] + g);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fnmadd_ps(sw[i], corr, acc[i][j]);
+      }
+    }
+    for (int c = 0; c < nb / 2; ++c) {
+      const int64_t chunk = g / 2 + c;
+      const __m512i idx = chunk_index(c);
+      __m512i xv[T];
+      __m512 sxl[T];
+      for (int j = 0; j < T; ++j) {
+        xv[j] = _mm512_loadu_si512(D == DType::q4 ? static_cast<const void*>(xq[j] + chunk * 64)
+                                                  : static_cast<const void*>(xu[j] + chunk * 64));
+        sxl[j] = _mm512_permutexvar_ps(idx, sx[j]);
+      }
+      for (int i = 0; i < R; ++i) {
+        __m512i wv, base;
+        if constexpr (D == DType::q4) {
+          wv = unpack_q4(wq[i] + chunk * 32);
+          base = _mm512_setzero_si512();
+        } else {
+          wv = _mm512_loadu_si512(wq[i] + chunk * 64);
+          // −128 · Σw per group of 4: the unsigned activations carry +128.
+          base = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv));
+        }
+        const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);
+        for (int j = 0; j < T; ++j) {
+          const __m512i dp = D == DType::q4 ? _mm512_dpbusd_epi32(base, wv, xv[j]) : _mm512_dpbusd_epi32(base, xv[j], wv);
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(swl, sxl[j]), acc[i][j]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) {
+      float& y = a.y[(t + j) * a.ldy + r + i - a.y_row0];
+      const float v = hsum(acc[i][j]);
+      y = a.accumulate ? y + v : v;
+    }
+}
+
+// ---- float weights -------------------------------------------------------------------
+
+template <DType D>
+inline __m512 load_w(const uint8_t* base, int64_t i, __mmask16 m) {
+  if constexpr (D == DType::f32) return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(base) + i);
+  if constexpr (D == DType::f16)
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(base) + i));
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(base) + i));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+
+template <DType D, int R, int T>
+inline void float_tile(const MatmulArgs& a, int64_t r, int64_t t) {
+  const int64_t k = a.w.cols;
+  const size_t es = D == DType::f32 ? 4 : 2;
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; p += 16) {
+    const __mmask16 m = static_cast<__mmask16>(k - p >= 16 ? 0xffff : (1u << (k - p)) - 1u);
+    __m512 xv[T];
+    for (int j = 0; j < T; ++j) xv[j] = _mm512_maskz_loadu_ps(m, a.x + (t + j) * a.ldx + p);
+    for (int i = 0; i < R; ++i) {
+      const __m512 wv = load_w<D>(a.w.data + (r + i) * k * es, p, m);
+      for (int j = 0; j < T; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) {
+      float& y = a.y[(t + j) * a.ldy + r + i - a.y_row0];
+      const float v = hsum(acc[i][j]);
+      y = a.accumulate ? y + v : v;
+    }
+}
+
+// ---- drivers: tiles over rows and tokens ---------------------------------------------
+
+template <DType D, int R, int T>
+struct QuantTile {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t) { quant_tile<D, R, T>(a, r, t); }
+};
+template <DType D, int R, int T>
+struct FloatTile {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t) { float_tile<D, R, T>(a, r, t); }
+};
+
+// Rows in tiles of 4 (then 1), tokens in tiles of T (then 1). For each row tile the
+// weights stay in L1 while every token streams past them.
+template <template <DType, int, int> class Tile, DType D, int T>
+void run_tiles(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    int64_t t = 0;
+    for (; t + T <= a.n_tokens; t += T) Tile<D, 4, T>::run(a, r, t);
+    for (; t < a.n_tokens; ++t) Tile<D, 4, 1>::run(a, r, t);
+  }
+  for (; r < r1; ++r) {
+    int64_t t = 0;
+    for (; t + T <= a.n_tokens; t += T) Tile<D, 1, T>::run(a, r, t);
+    for (; t < a.n_tokens; ++t) Tile<D, 1, 1>::run(a, r, t);
+  }
+}
+
+template <template <DType, int, int> class Tile, DType D>
+void matmul_dtype(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  run_tiles<Tile, D, 3>(a, r0, r1);
+}
+
+}  // namespace
+
+const MatmulKernels& matmul_kernels_avx512() {
+  static const MatmulKernels k = {quantize_acts_avx512,
+                                  {matmul_dtype<FloatTile, DType::f32>, matmul_dtype<FloatTile, DType::f16>,
+                                   matmul_dtype<FloatTile, DType::bf16>, matmul_dtype<QuantTile, DType::q8>,
+                                   matmul_dtype<QuantTile, DType::q4>}};
+  return k;
+}
+
+}  // namespace kvant::cpu::detail

@@ -1,0 +1,73 @@
+// Byte layouts shared by the CPU and CUDA kernels: quantized weight blocks (defined by
+// the file format, format/FORMAT.md section 6) and KV-cache pages. A page written by
+// one backend is read by the other unchanged, and a saved session holds pages as is.
+#pragma once
+
+#include <cstdint>
+
+#include "format/dtype.h"
+#include "format/model_config.h"
+
+namespace kvant {
+
+// ---- KV pages ------------------------------------------------------------------------
+//
+// A page holds `page_tokens` consecutive positions of one sequence, for a range of
+// layers [0, n_layers) of the backend that owns it (a model split between GPU and CPU
+// has a page pool on each side, with the same page ids and the same layout, each
+// holding its own layers).
+//
+// Inside a page, regions follow each other in the order (layer, kind, kv_head), with
+// kind 0 = keys, 1 = values. A region is
+//
+//     rows:   page_tokens rows of row_bytes, row i = position (page_start + i)
+//     scales: page_tokens f16 scales (q8 and q4 only)
+//
+// Row encodings (head_dim = d elements):
+//   f32: d little-endian binary32 values (exact; a reference for tests) row_bytes = 4d
+//   f16: d little-endian binary16 values                               row_bytes = 2d
+//   q8:  d int8 quants q; element = scale * q, q in [-127, 127]          row_bytes = d
+//   q4:  d/2 bytes; byte j holds element j in its low nibble and element j + d/2 in
+//        its high nibble, each stored as q + 8 with q in [-8, 7]       row_bytes = d/2
+// One f16 scale per token and head. q8: max|x| / 127. q4: of the 16 scales max|x| / m,
+// m = 5.0, 5.2, ..., 8.0, the one with least squared error.
+//
+// q4 rows hold the Walsh-Hadamard rotation H·x of keys and values (H the normalized
+// Sylvester matrix of order d, its own inverse; d a power of two >= 16, else no
+// rotation). Attention uses q·k = (Hq)·(Hk) and rotates its output back; spreading the
+// few large channels of RoPE'd keys over all of them is what makes 4 bits workable
+// (SmolLM2-135M on a 7.6k-token text: perplexity +47% without the rotation, +5% with).
+//
+// With page_tokens = 32 every region, row block and scale block starts at a multiple
+// of 64 bytes for every even d >= 16.
+
+inline constexpr uint32_t kPageTokens = 32;
+
+struct KvLayout {
+  KvType type = KvType::f16;
+  uint32_t n_layers = 0;
+  uint32_t n_kv_heads = 0;
+  uint32_t head_dim = 0;
+  uint32_t page_tokens = kPageTokens;
+
+  uint64_t row_bytes() const {
+    switch (type) {
+      case KvType::f32: return 4ull * head_dim;
+      case KvType::f16: return 2ull * head_dim;
+      case KvType::q8: return head_dim;
+      case KvType::q4: return head_dim / 2;
+    }
+    return 0;
+  }
+  bool quantized() const { return type == KvType::q8 || type == KvType::q4; }
+  uint64_t region_bytes() const { return page_tokens * row_bytes() + (quantized() ? 2ull * page_tokens : 0); }
+  uint64_t page_bytes() const { return region_bytes() * 2ull * n_layers * n_kv_heads; }
+  // Offset of the region (layer, kind, head) inside a page.
+  uint64_t region_offset(uint32_t layer, uint32_t kind, uint32_t head) const {
+    return ((static_cast<uint64_t>(layer) * 2 + kind) * n_kv_heads + head) * region_bytes();
+  }
+  // Offset of the scales inside a region.
+  uint64_t scales_offset() const { return page_tokens * row_bytes(); }
+};
+
+}  // namespace kvant

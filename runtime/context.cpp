@@ -1,0 +1,184 @@
+#include "runtime/context.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "runtime/models/models.h"
+
+namespace kvant {
+
+Result<std::unique_ptr<Context>> Context::create(std::shared_ptr<const Model> model, const ContextOptions& options) {
+  std::unique_ptr<Context> ctx(new Context());
+  const ModelConfig& c = model->config();
+  ctx->options_ = options;
+  ContextOptions& o = ctx->options_;
+  if (o.n_ctx <= 0) o.n_ctx = std::min<int64_t>(c.max_seq_len, 4096);
+  if (o.n_ctx > (int64_t{1} << 24))
+    return Status::error(ErrorCode::invalid_argument, "context size {} is larger than 2^24 positions", o.n_ctx);
+  if (o.n_seq <= 0) return Status::error(ErrorCode::invalid_argument, "n_seq must be at least 1");
+  if (o.n_batch <= 0) o.n_batch = 256;
+  if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.kv_type == KvType::q4 && c.head_dim % 2 != 0)
+    return Status::error(ErrorCode::unsupported, "q4 KV needs an even head dimension");
+  KvLayout layout{o.kv_type, c.n_layers, c.n_kv_heads, c.head_dim, kPageTokens};
+  const int64_t pages_per_seq = (o.n_ctx + kPageTokens - 1) / kPageTokens;
+  const int64_t n_pages = pages_per_seq * o.n_seq;
+  if (n_pages > UINT32_MAX)
+    return Status::error(ErrorCode::invalid_argument, "context of {} × {} positions is too large", o.n_seq, o.n_ctx);
+  KVANT_ASSIGN_OR_RETURN(ctx->kv_, KvCache::create(layout, static_cast<uint32_t>(n_pages)));
+  ctx->executor_ = std::make_unique<CpuExecutor>(*model, layout, o.threads);
+  ctx->model_ = std::move(model);
+  return ctx;
+}
+
+Result<SeqId> Context::new_sequence() { return kv_->create_sequence(); }
+void Context::free_sequence(SeqId seq) { kv_->release_sequence(seq); }
+
+std::span<const float> Context::logits(int64_t row) const {
+  const int64_t v = model_->config().vocab_size;
+  return std::span<const float>(logits_).subspan(static_cast<size_t>(row * v), static_cast<size_t>(v));
+}
+
+Status Context::check_tokens(std::span<const int32_t> tokens) const {
+  const auto vocab = static_cast<int32_t>(model_->config().vocab_size);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      return Status::error(ErrorCode::invalid_argument, "token id {} at index {} is outside the vocabulary (0..{})",
+                           tokens[i], i, vocab - 1);
+  return Status::ok();
+}
+
+const Plan& Context::plan_for(int64_t n_tokens, int64_t n_outputs) {
+  for (const Plan& p : plans_)
+    if (p.options.n_tokens == n_tokens && p.options.n_outputs == n_outputs) return p;
+  if (plans_.size() >= 8) plans_.erase(plans_.begin());
+  PlanOptions po;
+  po.n_tokens = n_tokens;
+  po.n_outputs = n_outputs;
+  po.fuse = options_.fuse;
+  plans_.push_back(make_plan(build_graph(*model_), po));
+  return plans_.back();
+}
+
+// Room for n more positions: refuse, or shift the sequence (keep its first n_keep
+// tokens and the latest half of the rest, and recompute them).
+Status Context::make_room(SeqId seq, int64_t n) {
+  const int64_t len = kv_->length(seq);
+  if (len + n <= options_.n_ctx) return Status::ok();
+  if (options_.overflow == ContextOverflow::error || n > options_.n_ctx / 2)
+    return Status::error(ErrorCode::context_full,
+                         "context is full: {} tokens do not fit after {} (context size {})", n, len, options_.n_ctx);
+  const std::vector<int32_t> old = kv_->tokens(seq);
+  const int64_t keep_head = std::min(options_.n_keep, len);
+  const int64_t keep_tail = (options_.n_ctx - keep_head) / 2 - n;
+  std::vector<int32_t> kept(old.begin(), old.begin() + keep_head);
+  if (keep_tail > 0) kept.insert(kept.end(), old.end() - std::min<int64_t>(keep_tail, len - keep_head), old.end());
+  kv_->truncate(seq, 0);
+  for (size_t i = 0; i < kept.size(); i += static_cast<size_t>(options_.n_batch)) {
+    const auto chunk = std::span<const int32_t>(kept).subspan(i, std::min<size_t>(static_cast<size_t>(options_.n_batch), kept.size() - i));
+    std::vector<SeqId> owners(chunk.size(), seq);
+    KVANT_TRY(run_batch(owners, chunk, false));
+  }
+  return Status::ok();
+}
+
+Status Context::eval(SeqId seq, std::span<const int32_t> tokens, bool all_logits, bool reuse_prefix) {
+  if (!kv_->has_sequence(seq)) return Status::error(ErrorCode::invalid_argument, "unknown sequence {}", seq);
+  if (tokens.empty()) return Status::error(ErrorCode::invalid_argument, "nothing to evaluate: no tokens");
+  KVANT_TRY(check_tokens(tokens));
+  if (reuse_prefix && kv_->length(seq) == 0 && !all_logits) {
+    const int64_t reused = kv_->attach_prefix(seq, tokens);
+    stats_.tokens_reused += reused;
+    tokens = tokens.subspan(static_cast<size_t>(reused));
+  }
+  KVANT_TRY(make_room(seq, static_cast<int64_t>(tokens.size())));
+  std::vector<float> all;
+  const int64_t vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(options_.n_batch)) {
+    const auto chunk = tokens.subspan(i, std::min<size_t>(static_cast<size_t>(options_.n_batch), tokens.size() - i));
+    const bool last = i + chunk.size() == tokens.size();
+    std::vector<SeqId> owners(chunk.size(), seq);
+    KVANT_TRY(run_batch(owners, chunk, all_logits));
+    if (all_logits) all.insert(all.end(), logits_.begin(), logits_.begin() + static_cast<long>(chunk.size()) * vocab);
+    else if (!last) n_logit_rows_ = 0;
+  }
+  if (all_logits) {
+    logits_ = std::move(all);
+    n_logit_rows_ = static_cast<int64_t>(tokens.size());
+  }
+  return Status::ok();
+}
+
+Status Context::eval_step(std::span<const SeqId> seqs, std::span<const int32_t> tokens) {
+  if (seqs.size() != tokens.size() || seqs.empty())
+    return Status::error(ErrorCode::invalid_argument, "eval_step needs one token per sequence");
+  KVANT_TRY(check_tokens(tokens));
+  for (SeqId s : seqs) {
+    if (!kv_->has_sequence(s)) return Status::error(ErrorCode::invalid_argument, "unknown sequence {}", s);
+    KVANT_TRY(make_room(s, 1));
+  }
+  return run_batch(seqs, tokens, true);
+}
+
+Status Context::run_batch(std::span<const SeqId> seq_of_token, std::span<const int32_t> tokens, bool all_logits) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto n = static_cast<int64_t>(tokens.size());
+  // Positions, page tables and slots for each token; distinct sequences get a slot each.
+  std::vector<SeqId> seqs;
+  std::vector<int32_t> positions(tokens.size()), slots(tokens.size());
+  std::vector<int64_t> next_pos;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const SeqId s = seq_of_token[i];
+    auto it = std::find(seqs.begin(), seqs.end(), s);
+    if (it == seqs.end()) {
+      seqs.push_back(s);
+      next_pos.push_back(kv_->length(s));
+      it = seqs.end() - 1;
+    }
+    const auto slot = static_cast<size_t>(it - seqs.begin());
+    slots[i] = static_cast<int32_t>(slot);
+    positions[i] = static_cast<int32_t>(next_pos[slot]++);
+  }
+  for (size_t s = 0; s < seqs.size(); ++s) KVANT_TRY(kv_->reserve(seqs[s], next_pos[s] - kv_->length(seqs[s])));
+  BatchInfo batch;
+  batch.tokens = tokens;
+  batch.positions = positions;
+  batch.slot = slots;
+  for (SeqId s : seqs) batch.page_tables.push_back(kv_->page_table(s));
+  // Logits for every token, or for the last token of each sequence.
+  std::vector<int32_t> out_rows;
+  if (all_logits) {
+    for (int32_t i = 0; i < n; ++i) out_rows.push_back(i);
+  } else {
+    for (size_t s = 0; s < seqs.size(); ++s)
+      for (int64_t i = n - 1; i >= 0; --i)
+        if (seq_of_token[static_cast<size_t>(i)] == seqs[s]) {
+          out_rows.push_back(static_cast<int32_t>(i));
+          break;
+        }
+  }
+  batch.output_rows = out_rows;
+  const Plan& plan = plan_for(n, static_cast<int64_t>(out_rows.size()));
+  KVANT_TRY(executor_->run(plan, batch));
+  // The positions are written: record their tokens, then free what a sliding window
+  // will never read again.
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    std::vector<int32_t> own;
+    for (size_t i = 0; i < tokens.size(); ++i)
+      if (seq_of_token[i] == seqs[s]) own.push_back(tokens[i]);
+    kv_->commit(seqs[s], own);
+    if (const uint32_t window = model_->config().sliding_window)
+      kv_->drop_before(seqs[s], kv_->length(seqs[s]) - window);
+  }
+  const auto logits = executor_->logits();
+  logits_.assign(logits.begin(), logits.end());
+  n_logit_rows_ = static_cast<int64_t>(out_rows.size());
+  stats_.tokens_evaluated += n;
+  ++stats_.evaluations;
+  stats_.eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return Status::ok();
+}
+
+}  // namespace kvant

@@ -1,0 +1,298 @@
+#include "runtime/cpu_executor.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+
+namespace kvant {
+
+namespace {
+
+std::pair<int64_t, int64_t> split(int64_t total, int ith, int nth) {
+  const int64_t per = (total + nth - 1) / nth;
+  const int64_t b = std::min(total, per * ith);
+  return {b, std::min(total, b + per)};
+}
+
+int64_t matmul_chunk(int64_t rows, int nth) {
+  const int64_t c = rows / (static_cast<int64_t>(nth) * 4);
+  return std::clamp<int64_t>((c + 3) / 4 * 4, 4, 64);
+}
+
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+struct CpuExecutor::RunState {
+  const BatchInfo* batch = nullptr;
+  std::vector<float> cos, sin;  // n_tokens × head_dim/2
+  int64_t half = 0;
+};
+
+CpuExecutor::CpuExecutor(const Model& model, const KvLayout& layout, int threads)
+    : model_(model), layout_(layout), threads_(threads), simd_(cpu::active_simd_level()) {}
+
+CpuExecutor::~CpuExecutor() { std::free(arena_); }
+
+Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch) {
+  const auto& nodes = plan.graph.nodes();
+  if (plan.arena_bytes > arena_size_) {
+    std::free(arena_);
+    const auto size = static_cast<size_t>((plan.arena_bytes + 63) / 64 * 64);
+    arena_ = static_cast<uint8_t*>(std::aligned_alloc(64, size));
+    if (!arena_) {
+      arena_size_ = 0;
+      return Status::error(ErrorCode::out_of_memory, "cannot allocate {} bytes of activations", size);
+    }
+    arena_size_ = plan.arena_bytes;
+  }
+  if (n_counters_ < nodes.size()) {
+    counters_ = std::make_unique<std::atomic<int64_t>[]>(nodes.size());
+    n_counters_ = nodes.size();
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) counters_[i].store(0, std::memory_order_relaxed);
+
+  const ModelConfig& c = model_.config();
+  RunState st;
+  st.batch = &batch;
+  if (!c.learned_pos) {  // RoPE angles of each token: position · inv_freq, in float32 like transformers
+    const auto& inv_freq = model_.rope_inv_freq();
+    st.half = static_cast<int64_t>(inv_freq.size());
+    st.cos.resize(batch.tokens.size() * inv_freq.size());
+    st.sin.resize(st.cos.size());
+    for (size_t t = 0; t < batch.tokens.size(); ++t)
+      for (size_t i = 0; i < inv_freq.size(); ++i) {
+        const float angle = static_cast<float>(batch.positions[t]) * inv_freq[i];
+        st.cos[t * inv_freq.size() + i] = std::cos(angle);
+        st.sin[t * inv_freq.size() + i] = std::sin(angle);
+      }
+  }
+  // Per-thread scratch: attention state, or a chunk of gate and up rows.
+  cpu::AttentionArgs probe{&layout_, 0, nullptr, c.n_heads, c.n_kv_heads, c.head_dim, 1.0f};
+  const auto scratch_floats = static_cast<size_t>(std::max<int64_t>(
+      {cpu::attention_scratch_floats(probe), 2 * plan.options.n_tokens * 64 + 64, int64_t{c.head_dim} + 64}));
+  scratch_.resize(static_cast<size_t>(threads_));
+  for (auto& s : scratch_)
+    if (s.size() < scratch_floats) s.resize(scratch_floats);
+
+#pragma omp parallel num_threads(threads_)
+  {
+    const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      run_node(plan, i, st, ith, nth);
+#pragma omp barrier
+    }
+  }
+  const Node& out = nodes[static_cast<size_t>(plan.graph.output.node)];
+  const int64_t n = plan.rows(out) * out.width;
+  logits_storage_.resize(static_cast<size_t>(n));
+  std::memcpy(logits_storage_.data(), arena_ + out.offset[0], static_cast<size_t>(n) * 4);
+  logits_ = logits_storage_;
+  return Status::ok();
+}
+
+void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith, int nth) {
+  const auto& nodes = plan.graph.nodes();
+  const Node& n = nodes[index];
+  const BatchInfo& b = *st.batch;
+  const ModelConfig& c = model_.config();
+  const ModelWeights& w = model_.weights();
+  const int64_t rows = plan.rows(n);
+  auto out = [&](int port = 0) { return reinterpret_cast<float*>(arena_ + n.offset[port]); };
+  auto in_ptr = [&](Ref r) { return reinterpret_cast<float*>(arena_ + nodes[static_cast<size_t>(r.node)].offset[r.port]); };
+  auto in_width = [&](Ref r) { return nodes[static_cast<size_t>(r.node)].out_width(r.port); };
+  const int64_t hd = c.head_dim;
+  float* scratch = scratch_[static_cast<size_t>(ith)].data();
+
+  // Writes K and V rows of token t into its KV slot.
+  auto store_kv = [&](int64_t t, int layer, const float* k, const float* v) {
+    const int64_t pos = b.positions[static_cast<size_t>(t)];
+    uint8_t* page = b.page_tables[static_cast<size_t>(b.slot[static_cast<size_t>(t)])][pos / layout_.page_tokens];
+    const int64_t slot = pos % layout_.page_tokens;
+    for (uint32_t g = 0; g < c.n_kv_heads; ++g)
+      for (uint32_t kind = 0; kind < 2; ++kind) {
+        uint8_t* region = page + layout_.region_offset(static_cast<uint32_t>(layer), kind, g);
+        auto* scale = reinterpret_cast<uint16_t*>(region + layout_.scales_offset()) + slot;
+        cpu::store_kv_row(layout_.type, (kind == 0 ? k : v) + g * hd, hd,
+                          region + static_cast<uint64_t>(slot) * layout_.row_bytes(), scale);
+      }
+  };
+
+  switch (n.op) {
+    case Op::embed: {
+      const auto [t0, t1] = split(rows, ith, nth);
+      for (int64_t t = t0; t < t1; ++t) {
+        float* o = out() + t * n.width;
+        cpu::dequantize_row(w.token_embd.dtype, w.token_embd.data, w.token_embd.rows, w.token_embd.cols,
+                            b.tokens[static_cast<size_t>(t)], o);
+        if (c.learned_pos) {
+          cpu::dequantize_row(w.pos_embd.dtype, w.pos_embd.data, w.pos_embd.rows, w.pos_embd.cols,
+                              b.positions[static_cast<size_t>(t)], scratch);
+          for (int64_t i = 0; i < n.width; ++i) o[i] += scratch[i];
+        }
+      }
+      return;
+    }
+    case Op::select_rows: {
+      const auto [r0, r1] = split(rows, ith, nth);
+      for (int64_t r = r0; r < r1; ++r)
+        std::memcpy(out() + r * n.width, in_ptr(n.in[0]) + b.output_rows[static_cast<size_t>(r)] * n.width,
+                    static_cast<size_t>(n.width) * 4);
+      return;
+    }
+    case Op::norm: {
+      const auto [r0, r1] = split(rows, ith, nth);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* x = in_ptr(n.in[0]) + r * n.width;
+        if (n.norm == NormKind::rms) cpu::rms_norm(x, n.vec, n.width, n.eps, out() + r * n.width, simd_);
+        else cpu::layer_norm(x, n.vec, n.bias[0], n.width, n.eps, out() + r * n.width);
+      }
+      return;
+    }
+    case Op::quantize: {
+      const auto [r0, r1] = split(rows, ith, nth);
+      const size_t rec = cpu::act_record_bytes(n.width);
+      for (int64_t r = r0; r < r1; ++r)
+        cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, arena_ + n.offset[0] + r * rec, simd_);
+      return;
+    }
+    case Op::matmul:
+    case Op::matmul_multi: {
+      // Chunks of rows of every output, handed out through the node's counter.
+      const int ports = n.n_outputs();
+      int64_t chunk[3], n_chunks[3], total = 0;
+      for (int p = 0; p < ports; ++p) {
+        chunk[p] = matmul_chunk(n.w[p]->rows, nth);
+        n_chunks[p] = (n.w[p]->rows + chunk[p] - 1) / chunk[p];
+        total += n_chunks[p];
+      }
+      for (int64_t item = counters_[index].fetch_add(1); item < total; item = counters_[index].fetch_add(1)) {
+        int p = 0;
+        int64_t local = item;
+        while (local >= n_chunks[p]) local -= n_chunks[p++];
+        const cpu::WeightMatrix& W = *n.w[p];
+        const int64_t r0 = local * chunk[p], r1 = std::min(W.rows, r0 + chunk[p]);
+        cpu::MatmulArgs a;
+        a.w = W;
+        a.x = in_ptr(n.in[0]);
+        a.ldx = in_width(n.in[0]);
+        a.xq = n.q_in.valid() ? arena_ + nodes[static_cast<size_t>(n.q_in.node)].offset[0] : nullptr;
+        a.n_tokens = rows;
+        a.y = out(p);
+        a.ldy = W.rows;
+        if (n.residual) {
+          a.accumulate = true;
+          if (!n.in_place) {
+            const float* res = in_ptr(n.in[1]);
+            for (int64_t t = 0; t < rows; ++t)
+              std::memcpy(a.y + t * W.rows + r0, res + t * W.rows + r0, static_cast<size_t>(r1 - r0) * 4);
+          }
+        }
+        cpu::matmul(a, r0, r1, simd_);
+        if (const float* bias = n.bias[p])
+          for (int64_t t = 0; t < rows; ++t)
+            for (int64_t r = r0; r < r1; ++r) a.y[t * W.rows + r] += bias[r];
+      }
+      return;
+    }
+    case Op::ffn_gated: {
+      const cpu::WeightMatrix& G = *n.w[0];
+      const cpu::WeightMatrix& U = *n.w[1];
+      const int64_t chunk = std::min<int64_t>(64, matmul_chunk(G.rows, nth));
+      const int64_t n_chunks = (G.rows + chunk - 1) / chunk;
+      float* gate = scratch;
+      float* up = scratch + rows * chunk;
+      for (int64_t item = counters_[index].fetch_add(1); item < n_chunks; item = counters_[index].fetch_add(1)) {
+        const int64_t r0 = item * chunk, r1 = std::min(G.rows, r0 + chunk);
+        cpu::MatmulArgs a;
+        a.x = in_ptr(n.in[0]);
+        a.ldx = in_width(n.in[0]);
+        a.xq = n.q_in.valid() ? arena_ + nodes[static_cast<size_t>(n.q_in.node)].offset[0] : nullptr;
+        a.n_tokens = rows;
+        a.ldy = chunk;
+        a.y_row0 = r0;
+        a.w = G;
+        a.y = gate;
+        cpu::matmul(a, r0, r1, simd_);
+        a.w = U;
+        a.y = up;
+        cpu::matmul(a, r0, r1, simd_);
+        for (int64_t t = 0; t < rows; ++t)
+          for (int64_t r = r0; r < r1; ++r)
+            out()[t * G.rows + r] = silu(gate[t * chunk + r - r0]) * up[t * chunk + r - r0];
+      }
+      return;
+    }
+    case Op::rope: {
+      const auto [t0, t1] = split(rows, ith, nth);
+      for (int64_t t = t0; t < t1; ++t) {
+        float* o = out() + t * n.width;
+        std::memcpy(o, in_ptr(n.in[0]) + t * n.width, static_cast<size_t>(n.width) * 4);
+        cpu::rope(o, n.width / hd, hd, st.cos.data() + t * st.half, st.sin.data() + t * st.half);
+      }
+      return;
+    }
+    case Op::kv_store: {
+      const auto [t0, t1] = split(rows, ith, nth);
+      const int64_t kv_dim = int64_t{c.n_kv_heads} * hd;
+      for (int64_t t = t0; t < t1; ++t) store_kv(t, n.layer, in_ptr(n.in[0]) + t * kv_dim, in_ptr(n.in[1]) + t * kv_dim);
+      return;
+    }
+    case Op::rope_store: {
+      const auto [t0, t1] = split(rows, ith, nth);
+      const int64_t kv_dim = int64_t{c.n_kv_heads} * hd;
+      for (int64_t t = t0; t < t1; ++t) {
+        const float* cs = st.cos.data() + t * st.half;
+        const float* sn = st.sin.data() + t * st.half;
+        float* q = out() + t * n.width;
+        std::memcpy(q, in_ptr(n.in[0]) + t * n.width, static_cast<size_t>(n.width) * 4);
+        cpu::rope(q, n.width / hd, hd, cs, sn);
+        float* k = scratch;
+        std::memcpy(k, in_ptr(n.in[1]) + t * kv_dim, static_cast<size_t>(kv_dim) * 4);
+        cpu::rope(k, c.n_kv_heads, hd, cs, sn);
+        store_kv(t, n.layer, k, in_ptr(n.in[2]) + t * kv_dim);
+      }
+      return;
+    }
+    case Op::attention: {
+      const int64_t items = rows * c.n_kv_heads;
+      cpu::AttentionArgs a{&layout_, static_cast<uint32_t>(n.layer), nullptr, c.n_heads, c.n_kv_heads, hd,
+                           1.0f / std::sqrt(static_cast<float>(hd))};
+      for (int64_t item = counters_[index].fetch_add(1); item < items; item = counters_[index].fetch_add(1)) {
+        const int64_t t = item / c.n_kv_heads, g = item % c.n_kv_heads;
+        const int64_t pos = b.positions[static_cast<size_t>(t)];
+        const int64_t begin = c.sliding_window ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+        a.pages = b.page_tables[static_cast<size_t>(b.slot[static_cast<size_t>(t)])];
+        cpu::attend_group(a, g, in_ptr(n.in[0]) + t * n.width, begin, pos + 1, out() + t * n.width, scratch, simd_);
+      }
+      return;
+    }
+    case Op::silu_mul:
+    case Op::gelu:
+    case Op::add: {
+      const auto [i0, i1] = split(rows * n.width, ith, nth);
+      const float* x = in_ptr(n.in[0]);
+      float* o = out();
+      if (n.op == Op::silu_mul) {
+        const float* y = in_ptr(n.in[1]);
+        for (int64_t i = i0; i < i1; ++i) o[i] = silu(x[i]) * y[i];
+      } else if (n.op == Op::add) {
+        const float* y = in_ptr(n.in[1]);
+        for (int64_t i = i0; i < i1; ++i) o[i] = x[i] + y[i];
+      } else {
+        std::memcpy(o + i0, x + i0, static_cast<size_t>(i1 - i0) * 4);
+        if (n.gelu == GeluKind::tanh) cpu::gelu_tanh(o + i0, i1 - i0);
+        else cpu::gelu_erf(o + i0, i1 - i0);
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace kvant

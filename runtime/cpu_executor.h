@@ -1,0 +1,55 @@
+// Executes a plan on the CPU: one OpenMP parallel region per evaluation, every node
+// split between the threads (rows of matmuls handed out dynamically, attention by
+// token and KV head), a barrier between nodes.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "format/status.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/layout.h"
+#include "runtime/model.h"
+#include "runtime/planner.h"
+
+namespace kvant {
+
+// What a plan runs on: the tokens of the batch and where their KV rows live.
+struct BatchInfo {
+  std::span<const int32_t> tokens;     // n
+  std::span<const int32_t> positions;  // n
+  std::span<const int32_t> slot;       // n: index into page_tables for each token
+  std::vector<uint8_t* const*> page_tables;  // one per sequence in the batch
+  std::span<const int32_t> output_rows;      // rows of the batch whose logits are computed
+};
+
+class CpuExecutor {
+ public:
+  CpuExecutor(const Model& model, const KvLayout& layout, int threads);
+  ~CpuExecutor();
+
+  // Runs the plan; the logits (output_rows × vocab) are then at logits().
+  Status run(const Plan& plan, const BatchInfo& batch);
+  std::span<const float> logits() const { return logits_; }
+  int threads() const { return threads_; }
+
+ private:
+  struct RunState;
+  void run_node(const Plan& plan, size_t index, RunState& st, int ith, int nth);
+
+  const Model& model_;
+  KvLayout layout_;
+  int threads_;
+  cpu::SimdLevel simd_;
+  uint8_t* arena_ = nullptr;
+  int64_t arena_size_ = 0;
+  std::vector<std::vector<float>> scratch_;  // per thread
+  std::vector<float> logits_storage_;
+  std::span<const float> logits_;
+  std::unique_ptr<std::atomic<int64_t>[]> counters_;
+  size_t n_counters_ = 0;
+};
+
+}  // namespace kvant

@@ -1,0 +1,29 @@
+// Graph -> plan: fusion passes, int8 activation quantization where weights are
+// quantized, and placement of every intermediate in one arena by liveness.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "runtime/graph.h"
+
+namespace kvant {
+
+struct PlanOptions {
+  int64_t n_tokens = 0;   // rows of the batch
+  int64_t n_outputs = 0;  // rows whose logits are computed
+  bool fuse = true;       // off only to test fused against unfused execution
+};
+
+struct Plan {
+  Graph graph;            // fused, quantize nodes inserted, dead nodes removed, offsets set
+  int64_t arena_bytes = 0;
+  PlanOptions options;
+
+  int64_t rows(const Node& n) const { return n.batch_rows ? options.n_tokens : options.n_outputs; }
+  std::string dump() const;  // one line per node, for debugging
+};
+
+Plan make_plan(Graph graph, const PlanOptions& options);
+
+}  // namespace kvant
