@@ -73,10 +73,12 @@ Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch) {
         st.sin[t * inv_freq.size() + i] = std::sin(angle);
       }
   }
-  // Per-thread scratch: attention state, or a chunk of gate and up rows.
+  // Per-thread scratch: attention state, a chunk of gate and up rows, one token's keys
+  // (rope_store) or one embedding row (learned positions).
   cpu::AttentionArgs probe{&layout_, 0, nullptr, c.n_heads, c.n_kv_heads, c.head_dim, 1.0f};
-  const auto scratch_floats = static_cast<size_t>(std::max<int64_t>(
-      {cpu::attention_scratch_floats(probe), 2 * plan.options.n_tokens * 64 + 64, int64_t{c.head_dim} + 64}));
+  const auto scratch_floats = static_cast<size_t>(std::max<int64_t>({cpu::attention_scratch_floats(probe),
+                                                                     2 * plan.options.n_tokens * 64,
+                                                                     int64_t{c.n_kv_heads} * c.head_dim, c.dim}));
   scratch_.resize(static_cast<size_t>(threads_));
   for (auto& s : scratch_)
     if (s.size() < scratch_floats) s.resize(scratch_floats);

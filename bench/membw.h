@@ -1,0 +1,10 @@
+// Measured memory read bandwidth: the floor decode speed is judged against.
+#pragma once
+
+namespace kvant::bench {
+
+// GB/s of reading a buffer much larger than the caches with `threads` threads
+// (best of a few passes).
+double measure_read_bandwidth(int threads, double buffer_gb = 1.0);
+
+}  // namespace kvant::bench

@@ -1,0 +1,223 @@
+// Every SIMD level of the matmul and attention kernels against the scalar reference,
+// on random inputs of awkward sizes (tails, one row, one token, odd token counts, many
+// pages), and the KV row codecs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "format/half.h"
+#include "format/quant.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
+#include "tests/test_util.h"
+
+namespace kvant {
+namespace {
+
+using cpu::SimdLevel;
+
+// A random weight matrix in `dtype`'s layout.
+std::vector<uint8_t> make_weights(DType dtype, int64_t rows, int64_t cols, uint64_t seed) {
+  const auto x = test::gaussian(static_cast<size_t>(rows * cols), seed, 0.05f);
+  std::vector<uint8_t> bytes(*tensor_bytes(dtype, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)));
+  auto* scales = reinterpret_cast<uint16_t*>(bytes.data() + quant_region_bytes(dtype, rows, cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.data() + r * cols;
+    switch (dtype) {
+      case DType::f32: std::memcpy(bytes.data() + r * cols * 4, row, static_cast<size_t>(cols) * 4); break;
+      case DType::f16:
+      case DType::bf16:
+        for (int64_t k = 0; k < cols; ++k) {
+          const uint16_t h = dtype == DType::f16 ? f32_to_f16(row[k]) : f32_to_bf16(row[k]);
+          std::memcpy(bytes.data() + (r * cols + k) * 2, &h, 2);
+        }
+        break;
+      case DType::q8:
+        quantize_row_q8(row, cols, reinterpret_cast<int8_t*>(bytes.data()) + r * cols, scales + r * cols / 32);
+        break;
+      case DType::q4:
+        quantize_row_q4(row, cols, bytes.data() + r * cols / 2, scales + r * cols / 32);
+        break;
+    }
+  }
+  return bytes;
+}
+
+TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
+  for (int64_t k : {64, 576, 2048, 8256}) {
+    auto x = test::gaussian(static_cast<size_t>(k), static_cast<uint64_t>(k), 3.0f);
+    for (int i = 0; i < 32; ++i) x[static_cast<size_t>(i)] = 0.0f;  // an all-zero block
+    std::vector<uint8_t> ref(cpu::act_record_bytes(k));
+    cpu::quantize_acts(x.data(), k, ref.data(), SimdLevel::scalar);
+    for (SimdLevel level : cpu::supported_simd_levels()) {
+      std::vector<uint8_t> got(ref.size(), 0xee);
+      cpu::quantize_acts(x.data(), k, got.data(), level);
+      EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), static_cast<size_t>(2 * k + k / 32 * 8)))
+          << "k " << k << " " << cpu::simd_level_name(level);
+    }
+  }
+}
+
+TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
+  struct Shape {
+    int64_t rows, cols, tokens;
+  };
+  const Shape shapes[] = {{1, 64, 1}, {5, 64, 3}, {7, 576, 1}, {13, 576, 4}, {33, 2048, 7}, {9, 4160, 2}, {64, 1536, 16}};
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::q8, DType::q4}) {
+    for (const Shape s : shapes) {
+      const auto w = make_weights(dtype, s.rows, s.cols, static_cast<uint64_t>(s.rows * 131 + s.cols));
+      const auto x = test::gaussian(static_cast<size_t>(s.tokens * s.cols), 7 + static_cast<uint64_t>(s.tokens));
+      std::vector<uint8_t> xq(cpu::act_record_bytes(s.cols) * static_cast<size_t>(s.tokens));
+      for (int64_t t = 0; t < s.tokens; ++t)
+        cpu::quantize_acts(x.data() + t * s.cols, s.cols, xq.data() + t * cpu::act_record_bytes(s.cols), SimdLevel::scalar);
+      cpu::MatmulArgs a;
+      a.w = {dtype, s.rows, s.cols, w.data()};
+      a.x = x.data();
+      a.ldx = s.cols;
+      a.xq = xq.data();
+      a.n_tokens = s.tokens;
+      a.ldy = s.rows;
+      std::vector<float> ref(static_cast<size_t>(s.rows * s.tokens));
+      a.y = ref.data();
+      cpu::matmul(a, 0, s.rows, SimdLevel::scalar);
+      double scale = 0;
+      for (float v : ref) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      for (SimdLevel level : cpu::supported_simd_levels()) {
+        // Split the rows unevenly, as threads would, and check accumulation too.
+        std::vector<float> got(ref.size(), 1.0f);
+        a.y = got.data();
+        a.accumulate = false;
+        cpu::matmul(a, 0, s.rows / 3, level);
+        cpu::matmul(a, s.rows / 3, s.rows, level);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got[i], ref[i], 2e-5 * scale + 1e-6)
+              << dtype_name(dtype) << " [" << s.rows << "x" << s.cols << "] x" << s.tokens << " at "
+              << cpu::simd_level_name(level) << " element " << i;
+        a.accumulate = true;
+        cpu::matmul(a, 0, s.rows, level);
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], 2 * ref[i], 4e-5 * scale + 1e-6);
+      }
+    }
+  }
+}
+
+// The quantized matmul computes exactly the integer dot products it claims: compare
+// with a double-precision evaluation of the dequantized operands.
+TEST(Kernels, QuantizedMatmulIsTheDotOfDequantizedOperands) {
+  const int64_t rows = 3, cols = 256;
+  for (DType dtype : {DType::q8, DType::q4}) {
+    const auto w = make_weights(dtype, rows, cols, 5);
+    const auto x = test::gaussian(cols, 6);
+    std::vector<uint8_t> xq(cpu::act_record_bytes(cols));
+    cpu::quantize_acts(x.data(), cols, xq.data(), SimdLevel::scalar);
+    const cpu::ActRecord rec(xq.data(), cols);
+    cpu::MatmulArgs a;
+    a.w = {dtype, rows, cols, w.data()};
+    a.xq = xq.data();
+    a.n_tokens = 1;
+    std::vector<float> y(rows);
+    a.y = y.data();
+    a.ldy = rows;
+    cpu::matmul(a, 0, rows, cpu::active_simd_level());
+    std::vector<float> wrow(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      cpu::dequantize_row(dtype, w.data(), rows, cols, r, wrow.data());
+      double want = 0;
+      for (int64_t k = 0; k < cols; ++k) want += static_cast<double>(wrow[k]) * rec.scale[k / 32] * rec.q[k];
+      EXPECT_NEAR(y[r], want, 1e-4 * std::fabs(want) + 1e-5) << dtype_name(dtype) << " row " << r;
+    }
+  }
+}
+
+TEST(Kernels, KvRowsRoundTrip) {
+  for (int64_t hd : {16, 64, 128, 96}) {
+    const auto x = test::gaussian(static_cast<size_t>(hd), static_cast<uint64_t>(hd), 2.0f);
+    double norm = 0;
+    for (float v : x) norm += v * v;
+    for (KvType type : {KvType::f32, KvType::f16, KvType::q8, KvType::q4}) {
+      std::vector<uint8_t> row(static_cast<size_t>(hd) * 4);
+      uint16_t scale = 0;
+      cpu::store_kv_row(type, x.data(), hd, row.data(), &scale);
+      std::vector<float> back(static_cast<size_t>(hd));
+      cpu::load_kv_row(type, row.data(), &scale, hd, back.data());
+      if (cpu::kv_rotated(type, hd)) cpu::hadamard(back.data(), hd);
+      double err = 0;
+      for (int64_t i = 0; i < hd; ++i) err += (back[i] - x[i]) * static_cast<double>(back[i] - x[i]);
+      const double rel = std::sqrt(err / norm);
+      const double bound = type == KvType::f32 ? 0 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 0.01 : 0.15;
+      EXPECT_LE(rel, bound) << kv_type_name(type) << " head_dim " << hd;
+    }
+  }
+}
+
+TEST(Kernels, HadamardIsOrthogonalAndItsOwnInverse) {
+  auto x = test::gaussian(64, 3);
+  const auto orig = x;
+  cpu::hadamard(x.data(), 64);
+  double a = 0, b = 0;
+  for (size_t i = 0; i < 64; ++i) {
+    a += orig[i] * orig[i];
+    b += x[i] * x[i];
+  }
+  EXPECT_NEAR(a, b, 1e-4 * a);
+  cpu::hadamard(x.data(), 64);
+  for (size_t i = 0; i < 64; ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
+}
+
+// Attention over pages, every level against the reference; lengths cross pages and
+// start mid-page (sliding windows); GQA groups of 1, 3 and 4.
+TEST(Kernels, AttentionMatchesReferenceOnEveryLevel) {
+  struct Case {
+    int64_t heads, kv_heads, hd, begin, end;
+  };
+  const Case cases[] = {{4, 4, 16, 0, 1}, {9, 3, 64, 0, 70}, {8, 2, 64, 5, 33}, {32, 8, 64, 40, 200}, {4, 1, 128, 0, 65}};
+  for (KvType type : {KvType::f32, KvType::f16, KvType::q8, KvType::q4}) {
+    for (const Case c : cases) {
+      const KvLayout layout{type, 1, static_cast<uint32_t>(c.kv_heads), static_cast<uint32_t>(c.hd), kPageTokens};
+      const int64_t n_pages = (c.end + kPageTokens - 1) / kPageTokens;
+      std::vector<uint8_t> memory(static_cast<size_t>(n_pages * layout.page_bytes()));
+      std::vector<uint8_t*> pages;
+      for (int64_t p = 0; p < n_pages; ++p) pages.push_back(memory.data() + p * layout.page_bytes());
+      for (int64_t pos = 0; pos < c.end; ++pos)
+        for (int64_t g = 0; g < c.kv_heads; ++g)
+          for (uint32_t kind = 0; kind < 2; ++kind) {
+            const auto v = test::gaussian(static_cast<size_t>(c.hd), static_cast<uint64_t>(pos * 97 + g * 7 + kind));
+            uint8_t* region = pages[static_cast<size_t>(pos / kPageTokens)] + layout.region_offset(0, kind, static_cast<uint32_t>(g));
+            cpu::store_kv_row(type, v.data(), c.hd, region + (pos % kPageTokens) * layout.row_bytes(),
+                              reinterpret_cast<uint16_t*>(region + layout.scales_offset()) + pos % kPageTokens);
+          }
+      const auto q = test::gaussian(static_cast<size_t>(c.heads * c.hd), 42);
+      cpu::AttentionArgs a{&layout, 0, pages.data(), c.heads, c.kv_heads, c.hd, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+      std::vector<float> scratch(static_cast<size_t>(cpu::attention_scratch_floats(a)));
+      std::vector<float> ref(static_cast<size_t>(c.heads * c.hd));
+      for (int64_t g = 0; g < c.kv_heads; ++g)
+        cpu::attend_group(a, g, q.data(), c.begin, c.end, ref.data(), scratch.data(), SimdLevel::scalar);
+      for (SimdLevel level : cpu::supported_simd_levels()) {
+        std::vector<float> got(ref.size());
+        for (int64_t g = 0; g < c.kv_heads; ++g)
+          cpu::attend_group(a, g, q.data(), c.begin, c.end, got.data(), scratch.data(), level);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got[i], ref[i], 1e-5) << kv_type_name(type) << " heads " << c.heads << "/" << c.kv_heads
+                                            << " [" << c.begin << ", " << c.end << ") " << cpu::simd_level_name(level);
+      }
+    }
+  }
+}
+
+TEST(Kernels, RmsNormMatchesReferenceOnEveryLevel) {
+  for (int64_t n : {1, 17, 64, 576, 2049}) {
+    const auto x = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n));
+    const auto w = test::gaussian(static_cast<size_t>(n), 99);
+    std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+    cpu::rms_norm(x.data(), w.data(), n, 1e-5f, ref.data(), SimdLevel::scalar);
+    for (SimdLevel level : cpu::supported_simd_levels()) {
+      cpu::rms_norm(x.data(), w.data(), n, 1e-5f, got.data(), level);
+      for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], ref[i], 1e-5 * std::fabs(ref[i]) + 1e-6) << n;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvant
