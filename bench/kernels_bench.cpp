@@ -11,6 +11,7 @@
 
 #include "format/dtype.h"
 #include "format/half.h"
+#include "format/model_config.h"
 #include "format/quant.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"

@@ -13,6 +13,9 @@
 #include "kernels/cpu/cpu_features.h"
 #include "runtime/context.h"
 #include "runtime/progress.h"
+#if KVANT_HAVE_CUDA
+#include "runtime/cuda_backend.h"
+#endif
 
 namespace {
 
@@ -110,6 +113,7 @@ int main(int argc, char** argv) {
   std::vector<int> threads_list;
   std::string device = "cpu";
   int reps = 3;
+  int gpu_layers = -1;
   int64_t n_batch = 512;
   bool json = false, no_kv_cache = false, quiet = false;
   app.add_option("-m,--model", models, "model file(s)")->required();
@@ -118,7 +122,8 @@ int main(int argc, char** argv) {
   app.add_option("-d,--depth", depths, "tokens already in the context before each test")->capture_default_str();
   app.add_option("--kv", kv_types, "KV-cache types: f16, q8, q4 (f32 for reference)")->capture_default_str();
   app.add_option("-t,--threads", threads_list, "thread counts (default: all cores)");
-  app.add_option("--device", device, "cpu (cuda when the CUDA backend is built)")->capture_default_str();
+  app.add_option("--device", device, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--gpu-layers", gpu_layers, "with --device cuda: layers on the GPU (-1: all)")->capture_default_str();
   app.add_option("-r,--repetitions", reps, "repetitions of each test")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("-b,--batch", n_batch, "prompt tokens per evaluation chunk")->capture_default_str();
   app.add_flag("--no-kv-cache", no_kv_cache, "decode recomputes the whole sequence for every token");
@@ -126,15 +131,29 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "no progress on stderr");
   CLI11_PARSE(app, argc, argv);
 
-  if (device != "cpu") {
-    fmt::print(stderr, "kvant-bench: device '{}' is not available in this build (cpu)\n", device);
+  const bool gpu = device == "cuda";
+  std::string device_name = "cpu";
+#if KVANT_HAVE_CUDA
+  if (gpu && !cuda_available(&device_name)) {
+    fmt::print(stderr, "kvant-bench: no CUDA GPU is available\n");
     return 1;
   }
+#else
+  if (gpu) {
+    fmt::print(stderr, "kvant-bench: this kvant was built without CUDA\n");
+    return 1;
+  }
+#endif
   if (threads_list.empty()) threads_list = {static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
+#if KVANT_HAVE_CUDA
+  const double bandwidth = gpu ? bench::measure_gpu_copy_bandwidth()
+                               : bench::measure_read_bandwidth(*std::max_element(threads_list.begin(), threads_list.end()));
+#else
   const double bandwidth = bench::measure_read_bandwidth(*std::max_element(threads_list.begin(), threads_list.end()));
+#endif
   if (!quiet)
-    fmt::print(stderr, "measured read bandwidth: {:.1f} GB/s; CPU kernels: {}\n", bandwidth,
-               cpu::simd_level_name(cpu::active_simd_level()));
+    fmt::print(stderr, "{}: measured {} bandwidth {:.1f} GB/s; CPU kernels: {}\n", device_name,
+               gpu ? "device-to-device copy" : "read", bandwidth, cpu::simd_level_name(cpu::active_simd_level()));
 
   std::vector<TestResult> results;
   for (const auto& path : models) {
@@ -147,6 +166,17 @@ int main(int argc, char** argv) {
     int64_t params = 0;
     for (const auto& t : (*model)->file().tensors()) params += static_cast<int64_t>(t.n_elements());
     const auto dtype = (*model)->file().metadata().get_string_or("general.dtype", "?");
+    std::shared_ptr<const CudaWeights> weights;
+#if KVANT_HAVE_CUDA
+    if (gpu) {
+      auto uploaded = CudaWeights::upload(**model, gpu_layers, !quiet);
+      if (!uploaded) {
+        fmt::print(stderr, "kvant-bench: error: {}\n", uploaded.status().message());
+        return 1;
+      }
+      weights = std::move(uploaded).value();
+    }
+#endif
     for (const auto& kv_name : kv_types) {
       auto kv = kv_type_from_name(kv_name);
       if (!kv) {
@@ -159,6 +189,9 @@ int main(int argc, char** argv) {
           o.kv_type = *kv;
           o.threads = threads;
           o.n_batch = n_batch;
+          o.device = gpu ? Device::cuda : Device::cpu;
+          o.gpu_layers = gpu_layers;
+          o.cuda_weights = weights;
           int64_t longest = 1;
           for (int64_t p : n_prompt) longest = std::max(longest, p);
           for (int64_t g : n_gen) longest = std::max(longest, g);
@@ -226,6 +259,8 @@ int main(int argc, char** argv) {
                           {"kv_type", r.kv},
                           {"threads", r.threads},
                           {"device", device},
+                          {"device_name", device_name},
+                          {"gpu_layers", gpu ? gpu_layers : 0},
                           {"simd", std::string(cpu::simd_level_name(cpu::active_simd_level()))},
                           {"no_kv_cache", r.no_kv_cache},
                           {"repetitions", r.tps.size()},

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "format/kv_type.h"
 #include "format/metadata.h"
 #include "format/status.h"
 
@@ -19,7 +20,6 @@ enum class Arch { llama, mistral, qwen2, gpt2 };
 enum class NormType { rmsnorm, layernorm };
 enum class Activation { silu, gelu_tanh, gelu };
 enum class RopeScaling { none, linear, llama3 };
-enum class KvType { f16, q8, q4, f32 };  // KV-cache element types (f32: exact reference, for tests)
 
 std::string_view arch_name(Arch a);
 std::string_view kv_type_name(KvType t);

@@ -209,6 +209,7 @@ Status KvantFile::parse() {
     return Status::error(ErrorCode::checksum, "preamble checksum mismatch: the first 64 bytes are corrupted");
   header_size_ = load<uint64_t>(p + spec::kOffHeaderSize);
   const auto header_checksum = load<uint64_t>(p + spec::kOffHeaderChecksum);
+  header_checksum_ = header_checksum;
   data_offset_ = load<uint64_t>(p + spec::kOffDataOffset);
   data_size_ = load<uint64_t>(p + spec::kOffDataSize);
   alignment_ = load<uint32_t>(p + spec::kOffAlignment);

@@ -58,6 +58,8 @@ class KvantFile {
   uint32_t alignment() const { return alignment_; }
   uint64_t header_size() const { return header_size_; }
   uint64_t data_offset() const { return data_offset_; }
+  // The header's XXH3-64: identifies the model (saved sessions record it).
+  uint64_t header_checksum() const { return header_checksum_; }
 
   const Metadata& metadata() const { return metadata_; }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -81,7 +83,7 @@ class KvantFile {
   std::unique_ptr<MappedFile> mapping_;
   std::span<const uint8_t> bytes_;
   uint32_t version_major_ = 0, version_minor_ = 0, alignment_ = 0;
-  uint64_t header_size_ = 0, data_offset_ = 0, data_size_ = 0;
+  uint64_t header_size_ = 0, data_offset_ = 0, data_size_ = 0, header_checksum_ = 0;
   Metadata metadata_;
   std::vector<TensorInfo> tensors_;
   std::unordered_map<std::string_view, size_t> tensor_index_;

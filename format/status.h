@@ -89,7 +89,8 @@ const Status& status_of(const Result<T>& r) { return r.status(); }
 
 #define KVANT_CONCAT_INNER_(a, b) a##b
 #define KVANT_CONCAT_(a, b) KVANT_CONCAT_INNER_(a, b)
-// KVANT_ASSIGN_OR_RETURN(auto x, make_x()) : x = value, or return the error.
+// KVANT_ASSIGN_OR_RETURN(auto x, make_x()) : x = value, or return the error. It expands to
+// several statements: under an `if`, put it in braces.
 #define KVANT_ASSIGN_OR_RETURN(decl, expr) \
   KVANT_ASSIGN_OR_RETURN_IMPL_(KVANT_CONCAT_(kvant_result_, __LINE__), decl, expr)
 #define KVANT_ASSIGN_OR_RETURN_IMPL_(tmp, decl, expr) \

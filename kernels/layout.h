@@ -6,7 +6,13 @@
 #include <cstdint>
 
 #include "format/dtype.h"
-#include "format/model_config.h"
+#include "format/kv_type.h"
+
+#if defined(__CUDACC__)
+#define KVANT_HOST_DEVICE __host__ __device__
+#else
+#define KVANT_HOST_DEVICE
+#endif
 
 namespace kvant {
 
@@ -50,7 +56,7 @@ struct KvLayout {
   uint32_t head_dim = 0;
   uint32_t page_tokens = kPageTokens;
 
-  uint64_t row_bytes() const {
+  KVANT_HOST_DEVICE uint64_t row_bytes() const {
     switch (type) {
       case KvType::f32: return 4ull * head_dim;
       case KvType::f16: return 2ull * head_dim;
@@ -59,15 +65,15 @@ struct KvLayout {
     }
     return 0;
   }
-  bool quantized() const { return type == KvType::q8 || type == KvType::q4; }
-  uint64_t region_bytes() const { return page_tokens * row_bytes() + (quantized() ? 2ull * page_tokens : 0); }
-  uint64_t page_bytes() const { return region_bytes() * 2ull * n_layers * n_kv_heads; }
+  KVANT_HOST_DEVICE bool quantized() const { return type == KvType::q8 || type == KvType::q4; }
+  KVANT_HOST_DEVICE uint64_t region_bytes() const { return page_tokens * row_bytes() + (quantized() ? 2ull * page_tokens : 0); }
+  KVANT_HOST_DEVICE uint64_t page_bytes() const { return region_bytes() * 2ull * n_layers * n_kv_heads; }
   // Offset of the region (layer, kind, head) inside a page.
-  uint64_t region_offset(uint32_t layer, uint32_t kind, uint32_t head) const {
+  KVANT_HOST_DEVICE uint64_t region_offset(uint32_t layer, uint32_t kind, uint32_t head) const {
     return ((static_cast<uint64_t>(layer) * 2 + kind) * n_kv_heads + head) * region_bytes();
   }
   // Offset of the scales inside a region.
-  uint64_t scales_offset() const { return page_tokens * row_bytes(); }
+  KVANT_HOST_DEVICE uint64_t scales_offset() const { return page_tokens * row_bytes(); }
 };
 
 }  // namespace kvant

@@ -3,11 +3,18 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "runtime/models/models.h"
+#if KVANT_HAVE_CUDA
+#include "runtime/cuda_backend.h"
+#endif
 
 namespace kvant {
+
+Context::Context() = default;
+Context::~Context() = default;
 
 Result<std::unique_ptr<Context>> Context::create(std::shared_ptr<const Model> model, const ContextOptions& options) {
   std::unique_ptr<Context> ctx(new Context());
@@ -27,8 +34,26 @@ Result<std::unique_ptr<Context>> Context::create(std::shared_ptr<const Model> mo
   const int64_t n_pages = pages_per_seq * o.n_seq;
   if (n_pages > UINT32_MAX)
     return Status::error(ErrorCode::invalid_argument, "context of {} × {} positions is too large", o.n_seq, o.n_ctx);
-  KVANT_ASSIGN_OR_RETURN(ctx->kv_, KvCache::create(layout, static_cast<uint32_t>(n_pages)));
-  ctx->executor_ = std::make_unique<CpuExecutor>(*model, layout, o.threads);
+  if (o.device == Device::cuda) {
+#if KVANT_HAVE_CUDA
+    std::shared_ptr<const CudaWeights> weights = o.cuda_weights;
+    if (!weights) {
+      KVANT_ASSIGN_OR_RETURN(weights, CudaWeights::upload(*model, o.gpu_layers, false));
+    }
+    ctx->gpu_layers_ = weights->gpu_layers();
+    KVANT_ASSIGN_OR_RETURN(ctx->kv_, KvCache::create(layout, static_cast<uint32_t>(n_pages),
+                                                     static_cast<uint32_t>(ctx->gpu_layers_)));
+    KVANT_ASSIGN_OR_RETURN(ctx->cuda_, CudaExecutor::create(*model, weights, layout, static_cast<uint32_t>(n_pages),
+                                                            o.n_ctx, o.n_seq, std::max<int64_t>(o.n_batch, o.n_seq)));
+    ctx->kv_->add_device_pool(ctx->cuda_->device_pool());
+#else
+    return Status::error(ErrorCode::unsupported, "this kvant was built without CUDA (nvcc was not found)");
+#endif
+  } else {
+    KVANT_ASSIGN_OR_RETURN(ctx->kv_, KvCache::create(layout, static_cast<uint32_t>(n_pages)));
+  }
+  ctx->executor_ = std::make_unique<CpuExecutor>(*model, ctx->kv_->host_layout(), o.threads,
+                                                 static_cast<uint32_t>(ctx->gpu_layers_));
   ctx->model_ = std::move(model);
   return ctx;
 }
@@ -58,6 +83,8 @@ const Plan& Context::plan_for(int64_t n_tokens, int64_t n_outputs) {
   po.n_tokens = n_tokens;
   po.n_outputs = n_outputs;
   po.fuse = options_.fuse;
+  po.gpu_layers = gpu_layers_;
+  po.n_layers = static_cast<int>(model_->config().n_layers);
   plans_.push_back(make_plan(build_graph(*model_), po));
   return plans_.back();
 }
@@ -161,7 +188,7 @@ Status Context::run_batch(std::span<const SeqId> seq_of_token, std::span<const i
   }
   batch.output_rows = out_rows;
   const Plan& plan = plan_for(n, static_cast<int64_t>(out_rows.size()));
-  KVANT_TRY(executor_->run(plan, batch));
+  KVANT_TRY(execute(plan, batch, seqs));
   // The positions are written: record their tokens, then free what a sliding window
   // will never read again.
   for (size_t s = 0; s < seqs.size(); ++s) {
@@ -172,13 +199,61 @@ Status Context::run_batch(std::span<const SeqId> seq_of_token, std::span<const i
     if (const uint32_t window = model_->config().sliding_window)
       kv_->drop_before(seqs[s], kv_->length(seqs[s]) - window);
   }
-  const auto logits = executor_->logits();
-  logits_.assign(logits.begin(), logits.end());
   n_logit_rows_ = static_cast<int64_t>(out_rows.size());
   stats_.tokens_evaluated += n;
   ++stats_.evaluations;
   stats_.eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Status::ok();
+}
+
+// Runs the plan's nodes device by device (a split model goes GPU, then CPU), moving the
+// activations that cross each boundary, and fetches the logits.
+Status Context::execute(const Plan& plan, const BatchInfo& batch, std::span<const SeqId> seqs) {
+  const auto& nodes = plan.graph.nodes();
+  const Node& out = nodes[static_cast<size_t>(plan.graph.output.node)];
+  const int64_t logit_floats = plan.rows(out) * out.width;
+  logits_.resize(static_cast<size_t>(logit_floats));
+  if (!cuda_) {
+    KVANT_TRY(executor_->run(plan, batch, 0, nodes.size()));
+    std::memcpy(logits_.data(), executor_->arena() + out.offset[0], static_cast<size_t>(logit_floats) * 4);
+    return Status::ok();
+  }
+#if KVANT_HAVE_CUDA
+  std::vector<const std::vector<uint32_t>*> page_ids;
+  for (SeqId s : seqs) page_ids.push_back(&kv_->page_ids(s));
+  KVANT_TRY(cuda_->prepare(plan));
+  KVANT_TRY(executor_->prepare(plan));
+  size_t begin = 0;
+  while (begin < nodes.size()) {
+    const bool gpu = nodes[begin].on_gpu;
+    size_t end = begin;
+    while (end < nodes.size() && nodes[end].on_gpu == gpu) ++end;
+    if (begin > 0) {  // activations cross from the other device
+      for (const auto& [ref, bytes] : plan.live_across(begin)) {
+        const int64_t off = nodes[static_cast<size_t>(ref.node)].offset[ref.port];
+        if (gpu) cudaMemcpyAsync(cuda_->arena() + off, executor_->arena() + off, static_cast<size_t>(bytes),
+                                 cudaMemcpyHostToDevice, cuda_->stream());
+        else cudaMemcpyAsync(executor_->arena() + off, cuda_->arena() + off, static_cast<size_t>(bytes),
+                             cudaMemcpyDeviceToHost, cuda_->stream());
+      }
+      KVANT_TRY(cuda_->synchronize());
+    }
+    if (gpu) KVANT_TRY(cuda_->run(plan, batch, page_ids, begin, end));
+    else KVANT_TRY(executor_->run(plan, batch, begin, end));
+    begin = end;
+  }
+  if (out.on_gpu) {
+    cudaMemcpyAsync(logits_.data(), cuda_->arena() + out.offset[0], static_cast<size_t>(logit_floats) * 4,
+                    cudaMemcpyDeviceToHost, cuda_->stream());
+    KVANT_TRY(cuda_->synchronize());
+  } else {
+    std::memcpy(logits_.data(), executor_->arena() + out.offset[0], static_cast<size_t>(logit_floats) * 4);
+  }
+  return Status::ok();
+#else
+  (void)seqs;
+  return Status::error(ErrorCode::internal, "CUDA executor without CUDA");
+#endif
 }
 
 }  // namespace kvant

@@ -20,6 +20,11 @@ enum class ContextOverflow {
   shift,  // keep the first `n_keep` tokens and the most recent half of the rest, recompute them
 };
 
+class CudaWeights;
+class CudaExecutor;
+
+enum class Device { cpu, cuda };
+
 struct ContextOptions {
   int64_t n_ctx = 0;      // positions per sequence (0: the model's max_seq_len, at most 4096)
   int32_t n_seq = 1;      // sequences held at once (the pool has n_seq × n_ctx positions)
@@ -29,6 +34,10 @@ struct ContextOptions {
   bool fuse = true;       // planner fusions (off only in tests)
   ContextOverflow overflow = ContextOverflow::error;
   int64_t n_keep = 0;     // tokens kept at the start when shifting
+  Device device = Device::cpu;
+  int gpu_layers = -1;    // with Device::cuda: layers on the GPU (-1 all), the rest on the CPU
+  // Weights already on the GPU (shared by the contexts of one model); uploaded when null.
+  std::shared_ptr<const CudaWeights> cuda_weights;
 };
 
 struct ContextStats {
@@ -64,7 +73,11 @@ class Context {
   void reset_stats() { stats_ = {}; }
 
  private:
-  Context() = default;
+  Context();
+ public:
+  ~Context();
+
+ private:
   Status check_tokens(std::span<const int32_t> tokens) const;
   Status make_room(SeqId seq, int64_t n);
   // Runs one batch: tokens of (possibly) several sequences.
@@ -75,6 +88,11 @@ class Context {
   ContextOptions options_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<CpuExecutor> executor_;
+  std::unique_ptr<CudaExecutor> cuda_;
+  int gpu_layers_ = 0;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  Status execute(const Plan& plan, const BatchInfo& batch, std::span<const SeqId> seqs);
   std::vector<Plan> plans_;  // small cache keyed by (n_tokens, n_outputs)
   std::vector<float> logits_;
   int64_t n_logit_rows_ = 0;

@@ -35,13 +35,12 @@ struct CpuExecutor::RunState {
   int64_t half = 0;
 };
 
-CpuExecutor::CpuExecutor(const Model& model, const KvLayout& layout, int threads)
-    : model_(model), layout_(layout), threads_(threads), simd_(cpu::active_simd_level()) {}
+CpuExecutor::CpuExecutor(const Model& model, const KvLayout& layout, int threads, uint32_t first_layer)
+    : model_(model), layout_(layout), threads_(threads), first_layer_(first_layer), simd_(cpu::active_simd_level()) {}
 
 CpuExecutor::~CpuExecutor() { std::free(arena_); }
 
-Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch) {
-  const auto& nodes = plan.graph.nodes();
+Status CpuExecutor::prepare(const Plan& plan) {
   if (plan.arena_bytes > arena_size_) {
     std::free(arena_);
     const auto size = static_cast<size_t>((plan.arena_bytes + 63) / 64 * 64);
@@ -52,6 +51,12 @@ Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch) {
     }
     arena_size_ = plan.arena_bytes;
   }
+  return Status::ok();
+}
+
+Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch, size_t begin, size_t end) {
+  const auto& nodes = plan.graph.nodes();
+  KVANT_TRY(prepare(plan));
   if (n_counters_ < nodes.size()) {
     counters_ = std::make_unique<std::atomic<int64_t>[]>(nodes.size());
     n_counters_ = nodes.size();
@@ -86,16 +91,11 @@ Status CpuExecutor::run(const Plan& plan, const BatchInfo& batch) {
 #pragma omp parallel num_threads(threads_)
   {
     const int ith = omp_get_thread_num(), nth = omp_get_num_threads();
-    for (size_t i = 0; i < nodes.size(); ++i) {
+    for (size_t i = begin; i < end; ++i) {
       run_node(plan, i, st, ith, nth);
 #pragma omp barrier
     }
   }
-  const Node& out = nodes[static_cast<size_t>(plan.graph.output.node)];
-  const int64_t n = plan.rows(out) * out.width;
-  logits_storage_.resize(static_cast<size_t>(n));
-  std::memcpy(logits_storage_.data(), arena_ + out.offset[0], static_cast<size_t>(n) * 4);
-  logits_ = logits_storage_;
   return Status::ok();
 }
 
@@ -119,7 +119,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
     const int64_t slot = pos % layout_.page_tokens;
     for (uint32_t g = 0; g < c.n_kv_heads; ++g)
       for (uint32_t kind = 0; kind < 2; ++kind) {
-        uint8_t* region = page + layout_.region_offset(static_cast<uint32_t>(layer), kind, g);
+        uint8_t* region = page + layout_.region_offset(static_cast<uint32_t>(layer) - first_layer_, kind, g);
         auto* scale = reinterpret_cast<uint16_t*>(region + layout_.scales_offset()) + slot;
         cpu::store_kv_row(layout_.type, (kind == 0 ? k : v) + g * hd, hd,
                           region + static_cast<uint64_t>(slot) * layout_.row_bytes(), scale);
@@ -264,7 +264,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
     }
     case Op::attention: {
       const int64_t items = rows * c.n_kv_heads;
-      cpu::AttentionArgs a{&layout_, static_cast<uint32_t>(n.layer), nullptr, c.n_heads, c.n_kv_heads, hd,
+      cpu::AttentionArgs a{&layout_, static_cast<uint32_t>(n.layer) - first_layer_, nullptr, c.n_heads, c.n_kv_heads, hd,
                            1.0f / std::sqrt(static_cast<float>(hd))};
       for (int64_t item = counters_[index].fetch_add(1); item < items; item = counters_[index].fetch_add(1)) {
         const int64_t t = item / c.n_kv_heads, g = item % c.n_kv_heads;

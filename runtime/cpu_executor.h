@@ -27,12 +27,15 @@ struct BatchInfo {
 
 class CpuExecutor {
  public:
-  CpuExecutor(const Model& model, const KvLayout& layout, int threads);
+  // `layout`: the host page pool, which holds layers [first_layer, n_layers).
+  CpuExecutor(const Model& model, const KvLayout& layout, int threads, uint32_t first_layer = 0);
   ~CpuExecutor();
 
-  // Runs the plan; the logits (output_rows × vocab) are then at logits().
-  Status run(const Plan& plan, const BatchInfo& batch);
-  std::span<const float> logits() const { return logits_; }
+  // Sizes the arena for the plan (call before run and before copying tensors in).
+  Status prepare(const Plan& plan);
+  // Runs nodes [begin, end) of the plan.
+  Status run(const Plan& plan, const BatchInfo& batch, size_t begin, size_t end);
+  uint8_t* arena() { return arena_; }
   int threads() const { return threads_; }
 
  private:
@@ -42,12 +45,11 @@ class CpuExecutor {
   const Model& model_;
   KvLayout layout_;
   int threads_;
+  uint32_t first_layer_ = 0;
   cpu::SimdLevel simd_;
   uint8_t* arena_ = nullptr;
   int64_t arena_size_ = 0;
   std::vector<std::vector<float>> scratch_;  // per thread
-  std::vector<float> logits_storage_;
-  std::span<const float> logits_;
   std::unique_ptr<std::atomic<int64_t>[]> counters_;
   size_t n_counters_ = 0;
 };

@@ -34,6 +34,7 @@ int64_t Node::out_width(int port) const {
 }
 
 Ref Graph::add(Node node) {
+  node.stage = stage_;
   nodes_.push_back(std::move(node));
   return Ref{static_cast<int>(nodes_.size()) - 1, 0};
 }

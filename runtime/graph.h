@@ -59,6 +59,8 @@ struct Node {
   const float* vec = nullptr;      // norm weight
   const float* bias[3] = {nullptr, nullptr, nullptr};  // norm bias / matmul biases
   int layer = -1;                  // kv_store, attention, rope_store
+  int stage = 0;                   // -1 before the layers, i in layer i, n_layers after (set by Graph)
+  bool on_gpu = false;             // where the planner placed it
   float eps = 0.0f;
   NormKind norm = NormKind::rms;
   GeluKind gelu = GeluKind::tanh;
@@ -76,12 +78,16 @@ struct Node {
 class Graph {
  public:
   Ref add(Node node);
+  // Nodes added from now on belong to this stage (-1 embeddings, i layer i, n_layers head):
+  // a model split between devices is cut between stages.
+  void set_stage(int stage) { stage_ = stage; }
   std::vector<Node>& nodes() { return nodes_; }
   const std::vector<Node>& nodes() const { return nodes_; }
   Ref output;  // the logits
 
  private:
   std::vector<Node> nodes_;
+  int stage_ = -1;
 };
 
 }  // namespace kvant

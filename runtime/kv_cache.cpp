@@ -19,23 +19,28 @@ uint64_t physical_memory_bytes() {
 }
 }  // namespace
 
-Result<std::unique_ptr<KvCache>> KvCache::create(const KvLayout& layout, uint32_t n_pages) {
+Result<std::unique_ptr<KvCache>> KvCache::create(const KvLayout& layout, uint32_t n_pages, uint32_t host_first_layer) {
   if (n_pages == 0) return Status::error(ErrorCode::invalid_argument, "the KV cache needs at least one page");
+  std::unique_ptr<KvCache> c(new KvCache());
+  c->layout_ = layout;
+  c->n_pages_ = n_pages;
+  c->host_.layout = layout;
+  c->host_.layout.n_layers = layout.n_layers - std::min(host_first_layer, layout.n_layers);
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(static_cast<uint64_t>(n_pages), layout.page_bytes(), &bytes) ||
+  if (__builtin_mul_overflow(static_cast<uint64_t>(n_pages), c->host_.layout.page_bytes(), &bytes) ||
       bytes > physical_memory_bytes())
     return Status::error(ErrorCode::out_of_memory,
                          "KV cache of {} pages × {} bytes does not fit in this machine's {:.1f} GB of memory; use a "
                          "smaller context or a smaller KV type",
-                         n_pages, layout.page_bytes(), static_cast<double>(physical_memory_bytes()) / 1e9);
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED)
-    return Status::error(ErrorCode::out_of_memory, "cannot allocate a KV cache of {:.1f} MB",
-                         static_cast<double>(bytes) / 1e6);
-  std::unique_ptr<KvCache> c(new KvCache());
-  c->layout_ = layout;
-  c->n_pages_ = n_pages;
-  c->base_ = static_cast<uint8_t*>(p);
+                         n_pages, c->host_.layout.page_bytes(), static_cast<double>(physical_memory_bytes()) / 1e9);
+  if (bytes > 0) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      return Status::error(ErrorCode::out_of_memory, "cannot allocate a KV cache of {:.1f} MB",
+                           static_cast<double>(bytes) / 1e6);
+    c->host_.base = static_cast<uint8_t*>(p);
+    c->host_bytes_ = bytes;
+  }
   c->pages_.resize(n_pages);
   c->free_.reserve(n_pages);
   for (uint32_t i = n_pages; i-- > 0;) c->free_.push_back(i);
@@ -43,7 +48,56 @@ Result<std::unique_ptr<KvCache>> KvCache::create(const KvLayout& layout, uint32_
 }
 
 KvCache::~KvCache() {
-  if (base_) munmap(base_, static_cast<uint64_t>(n_pages_) * layout_.page_bytes());
+  if (host_.base) munmap(host_.base, host_bytes_);
+}
+
+void KvCache::add_device_pool(KvPool pool) { device_ = std::move(pool); }
+
+// Every pool's part of page `src` into page `dst`.
+void KvCache::copy_page(uint32_t dst, uint32_t src) {
+  if (host_.base)
+    std::memcpy(page_data(dst), page_data(src), host_.layout.page_bytes());
+  if (device_) {
+    const uint64_t pb = device_->layout.page_bytes();
+    device_->copy(device_->base + dst * pb, device_->base + src * pb, pb);
+  }
+}
+
+// The first `rows` positions of every region of page `src` into page `dst`.
+void KvCache::copy_rows(uint32_t dst, uint32_t src, int64_t rows) {
+  auto copy_pool = [&](const KvPool& pool, auto&& copy) {
+    const KvLayout& L = pool.layout;
+    const uint64_t pb = L.page_bytes();
+    for (uint32_t l = 0; l < L.n_layers; ++l)
+      for (uint32_t kind = 0; kind < 2; ++kind)
+        for (uint32_t h = 0; h < L.n_kv_heads; ++h) {
+          const uint64_t off = L.region_offset(l, kind, h);
+          copy(pool.base + dst * pb + off, pool.base + src * pb + off, static_cast<size_t>(rows) * L.row_bytes());
+          if (L.quantized())
+            copy(pool.base + dst * pb + off + L.scales_offset(), pool.base + src * pb + off + L.scales_offset(),
+                 static_cast<size_t>(rows) * 2);
+        }
+  };
+  if (host_.base) copy_pool(host_, [](uint8_t* d, const uint8_t* s, size_t n) { std::memcpy(d, s, n); });
+  if (device_) copy_pool(*device_, device_->copy);
+}
+
+void KvCache::export_page(uint32_t page, uint8_t* out) const {
+  if (device_) {
+    const uint64_t pb = device_->layout.page_bytes();
+    device_->download(out, device_->base + page * pb, pb);
+    out += pb;
+  }
+  if (host_.base) std::memcpy(out, page_data(page), host_.layout.page_bytes());
+}
+
+void KvCache::import_page(uint32_t page, const uint8_t* in) {
+  if (device_) {
+    const uint64_t pb = device_->layout.page_bytes();
+    device_->upload(device_->base + page * pb, in, pb);
+    in += pb;
+  }
+  if (host_.base) std::memcpy(page_data(page), in, host_.layout.page_bytes());
 }
 
 uint32_t KvCache::free_pages() const { return static_cast<uint32_t>(free_.size() + cached_lru_.size()); }
@@ -166,7 +220,7 @@ void KvCache::truncate(SeqId seq, int64_t new_length) {
     if (pg.refs > 1 || pg.indexed) {
       auto fresh = take_page();
       if (fresh) {
-        std::memcpy(page_data(*fresh), page_data(id), layout_.page_bytes());
+        copy_page(*fresh, id);
         Page& np = pages_[*fresh];
         np.parent_hash = pg.parent_hash;
         np.tokens.assign(pg.tokens.begin(), pg.tokens.begin() + keep);
@@ -216,15 +270,7 @@ int64_t KvCache::attach_prefix(SeqId seq, std::span<const int32_t> tokens) {
       if (!fresh) break;
       id = *fresh;
       Page& np = pages_[id];
-      for (uint32_t l = 0; l < layout_.n_layers; ++l)
-        for (uint32_t kind = 0; kind < 2; ++kind)
-          for (uint32_t h = 0; h < layout_.n_kv_heads; ++h) {
-            const uint64_t off = layout_.region_offset(l, kind, h);
-            std::memcpy(page_data(id) + off, page_data(best) + off, static_cast<size_t>(best_len) * layout_.row_bytes());
-            if (layout_.quantized())
-              std::memcpy(page_data(id) + off + layout_.scales_offset(), page_data(best) + off + layout_.scales_offset(),
-                          static_cast<size_t>(best_len) * 2);
-          }
+      copy_rows(id, best, best_len);
       np.parent_hash = parent;
       np.tokens.assign(src.tokens.begin(), src.tokens.begin() + best_len);
       np.filled = static_cast<int32_t>(best_len);

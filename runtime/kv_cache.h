@@ -9,8 +9,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -22,13 +24,30 @@ namespace kvant {
 
 using SeqId = int32_t;
 
+// Memory holding one range of layers of every page. The CPU's pool is host memory; a
+// GPU's pool is device memory reached through the copy functions.
+struct KvPool {
+  KvLayout layout;          // n_layers: the layers this pool holds
+  uint8_t* base = nullptr;  // page p at base + p * layout.page_bytes()
+  bool device = false;
+  std::function<void(uint8_t* dst, const uint8_t* src, size_t bytes)> copy;          // within the pool
+  std::function<void(uint8_t* host_dst, const uint8_t* src, size_t bytes)> download;  // pool -> host
+  std::function<void(uint8_t* dst, const uint8_t* host_src, size_t bytes)> upload;    // host -> pool
+};
+
 class KvCache {
  public:
-  // `n_pages` pages of `layout`, allocated now (64-byte aligned, zeroed).
-  static Result<std::unique_ptr<KvCache>> create(const KvLayout& layout, uint32_t n_pages);
+  // `n_pages` pages of `layout` (every layer). The layers from `host_first_layer` on get
+  // host memory now (mapped lazily, zeroed); the layers below it belong to a device pool
+  // that add_device_pool() provides.
+  static Result<std::unique_ptr<KvCache>> create(const KvLayout& layout, uint32_t n_pages,
+                                                 uint32_t host_first_layer = 0);
   ~KvCache();
+  void add_device_pool(KvPool pool);  // layers [0, host_first_layer)
 
-  const KvLayout& layout() const { return layout_; }
+  const KvLayout& layout() const { return layout_; }  // every layer: the layout of saved pages
+  const KvLayout& host_layout() const { return host_.layout; }
+  const KvPool* device_pool() const { return device_ ? &*device_ : nullptr; }
   uint32_t n_pages() const { return n_pages_; }
   uint32_t free_pages() const;
   uint64_t bytes() const { return static_cast<uint64_t>(n_pages_) * layout_.page_bytes(); }
@@ -53,13 +72,20 @@ class KvCache {
   // token's logits.
   int64_t attach_prefix(SeqId seq, std::span<const int32_t> tokens);
 
-  // Page base pointers of a sequence, position p in page p / page_tokens.
+  // Host-pool page base pointers of a sequence, position p in page p / page_tokens.
   uint8_t* const* page_table(SeqId seq) const;
+  // Page ids of a sequence (UINT32_MAX for pages a sliding window dropped).
+  const std::vector<uint32_t>& page_ids(SeqId seq) const { return seqs_.at(seq).pages; }
+  // A page's bytes in the every-layer layout (device layers first), and back.
+  void export_page(uint32_t page, uint8_t* out) const;
+  void import_page(uint32_t page, const uint8_t* in);
   // Frees the pages of positions below `first_kept` (sliding window) whose every
   // position is out of use; their table entries become null.
   void drop_before(SeqId seq, int64_t first_kept);
 
-  uint8_t* page_data(uint32_t page) const { return base_ + static_cast<uint64_t>(page) * layout_.page_bytes(); }
+  uint8_t* page_data(uint32_t page) const {
+    return host_.base ? host_.base + static_cast<uint64_t>(page) * host_.layout.page_bytes() : nullptr;
+  }
   const std::vector<int32_t>& tokens(SeqId seq) const;
 
  private:
@@ -83,10 +109,14 @@ class KvCache {
   Result<uint32_t> take_page();
   void unref(uint32_t page);
   void index_page(uint32_t page);
+  void copy_page(uint32_t dst, uint32_t src);
+  void copy_rows(uint32_t dst, uint32_t src, int64_t rows);
 
   KvLayout layout_;
   uint32_t n_pages_ = 0;
-  uint8_t* base_ = nullptr;
+  KvPool host_;
+  std::optional<KvPool> device_;
+  uint64_t host_bytes_ = 0;
   std::vector<Page> pages_;
   std::vector<uint32_t> free_;
   std::list<uint32_t> cached_lru_;                          // unreferenced but indexed pages

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <fmt/format.h>
 
+#include <atomic>
 #include <map>
 
 namespace kvant {
@@ -149,11 +150,13 @@ Graph insert_quantize(const Graph& g) {
         const Node& src = out.nodes()[static_cast<size_t>(n.in[0].node)];
         Node q(Op::quantize, src.out_width(n.in[0].port), n.name + ".quantize", n.batch_rows);
         q.in[0] = n.in[0];
+        out.set_stage(n.stage);
         it = quantized.emplace(key, out.add(q)).first;
       }
       n.q_in = it->second;
     }
     new_index[i] = static_cast<int>(out.nodes().size());
+    out.set_stage(n.stage);
     out.add(n);
   }
   out.output = remap(g.output);
@@ -242,7 +245,29 @@ int64_t allocate(Plan& plan) {
 
 }  // namespace
 
+std::vector<std::pair<Ref, int64_t>> Plan::live_across(size_t boundary) const {
+  const auto& nodes = graph.nodes();
+  std::map<std::pair<int, int>, int64_t> live;
+  auto consider = [&](Ref r) {
+    if (!r.valid() || static_cast<size_t>(r.node) >= boundary) return;
+    const Node& src = nodes[static_cast<size_t>(r.node)];
+    if (src.n_outputs() <= r.port) return;  // ordering-only reference (kv_store)
+    const int64_t bytes = src.op == Op::quantize ? rows(src) * static_cast<int64_t>(cpu::act_record_bytes(src.width))
+                                                 : rows(src) * src.out_width(r.port) * 4;
+    live[{r.node, r.port}] = bytes;
+  };
+  for (size_t i = boundary; i < nodes.size(); ++i) {
+    for (const Ref& r : nodes[i].in) consider(r);
+    consider(nodes[i].q_in);
+  }
+  consider(graph.output);
+  std::vector<std::pair<Ref, int64_t>> out;
+  for (const auto& [key, bytes] : live) out.push_back({Ref{key.first, key.second}, bytes});
+  return out;
+}
+
 Plan make_plan(Graph graph, const PlanOptions& options) {
+  static std::atomic<uint64_t> next_id{1};
   if (options.fuse) {
     fuse_residual(graph);
     fuse_gated_ffn(graph);
@@ -250,8 +275,11 @@ Plan make_plan(Graph graph, const PlanOptions& options) {
     fuse_rope_store(graph);
   }
   Plan plan;
+  plan.id = next_id++;
   plan.options = options;
   plan.graph = insert_quantize(graph);
+  for (Node& n : plan.graph.nodes())
+    n.on_gpu = options.gpu_layers > 0 && (n.stage < options.gpu_layers || options.gpu_layers >= options.n_layers);
   plan.arena_bytes = allocate(plan);
   return plan;
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "format/half.h"
+#include "format/model_config.h"
 #include "format/quant.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"

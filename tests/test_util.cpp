@@ -14,8 +14,15 @@ namespace kvant::test {
 
 namespace fs = std::filesystem;
 
-std::string data_dir() { return KVANT_TEST_DATA_DIR; }
-std::string bin_dir() { return KVANT_BIN_DIR; }
+// Overridable so that test binaries built here run on another machine (the GPU one).
+std::string data_dir() {
+  const char* env = std::getenv("KVANT_TEST_DATA_DIR");
+  return env && *env ? env : KVANT_TEST_DATA_DIR;
+}
+std::string bin_dir() {
+  const char* env = std::getenv("KVANT_BIN_DIR");
+  return env && *env ? env : KVANT_BIN_DIR;
+}
 std::string fixture_dir(const std::string& name) { return data_dir() + "/fixtures/" + name; }
 
 std::string temp_dir() {

@@ -35,6 +35,7 @@ Graph build_gpt2(const Model& model) {
   for (uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     const std::string p = fmt::format("layers.{}.", l);
+    g.set_stage(static_cast<int>(l));
     const Ref h = layer_norm(x, L.attn_norm, L.attn_norm_bias, true, p + "attn_norm");  // (n, dim)
     const Ref q = matmul(h, L.attn_q, L.q_bias, p + "attn_q");                         // (n, dim)
     const Ref k = matmul(h, L.attn_k, L.k_bias, p + "attn_k");
@@ -58,6 +59,7 @@ Graph build_gpt2(const Model& model) {
     const Ref act = g.add(gelu);
     x = add(x, matmul(act, L.ffn_down, L.down_bias, p + "ffn_down"), p + "ffn_residual");
   }
+  g.set_stage(static_cast<int>(c.n_layers));
   Node sel(Op::select_rows, dim, "select_rows", false);
   sel.in[0] = x;
   x = layer_norm(g.add(sel), w.output_norm, w.output_norm_bias, false, "output_norm");  // (n_out, dim)

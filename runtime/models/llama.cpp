@@ -31,6 +31,7 @@ Graph build_llama(const Model& model) {
   for (uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     const std::string p = fmt::format("layers.{}.", l);
+    g.set_stage(static_cast<int>(l));
     Node attn_norm(Op::norm, dim, p + "attn_norm");
     attn_norm.in[0] = x;
     attn_norm.vec = L.attn_norm;
@@ -68,6 +69,7 @@ Graph build_llama(const Model& model) {
     const Ref down = matmul(g, act, L.ffn_down, nullptr, p + "ffn_down");  // (n, dim)
     x = binary(g, Op::add, x, down, dim, p + "ffn_residual");
   }
+  g.set_stage(static_cast<int>(c.n_layers));
   Node sel(Op::select_rows, dim, "select_rows", false);
   sel.in[0] = x;
   x = g.add(sel);  // (n_out, dim): only the tokens whose logits are wanted

@@ -1,0 +1,106 @@
+// Launchers of the CUDA kernels (host-callable; every pointer is device memory unless
+// said otherwise). Each kernel has a CPU reference twin in kernels/cpu and is tested
+// against it on the GPU machine (tests/cuda_kernels_test.cpp).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "format/dtype.h"
+#include "kernels/layout.h"
+
+namespace kvant::cuda {
+
+// A weight matrix [rows, cols] in its .kvant layout, in device memory.
+struct DeviceMatrix {
+  DType dtype = DType::f32;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+};
+
+// ---- rows and elementwise ------------------------------------------------------------
+
+void embed(const DeviceMatrix& table, const DeviceMatrix* positions_table, const int32_t* tokens,
+           const int32_t* positions, int64_t n, float* out, cudaStream_t stream);
+void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width, float* out, cudaStream_t stream);
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream);
+void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
+                cudaStream_t stream);
+// out = x rotated per head at each token's position (out may equal x).
+void rope(const float* x, float* out, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq, cudaStream_t stream);
+void add(const float* a, const float* b, int64_t n, float* out, cudaStream_t stream);
+void silu_mul(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
+void gelu(const float* x, int64_t n, bool tanh_approximation, float* out, cudaStream_t stream);
+// y[t * ldy + r] += bias[r] for r < rows, t < n.
+void add_bias(float* y, const float* bias, int64_t rows, int64_t n, int64_t ldy, cudaStream_t stream);
+// y[t * ldy + r] = x[t * ldy + r] (copy of a residual before accumulating into y).
+void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t stream);
+
+// ---- KV cache ----------------------------------------------------------------------------
+
+// The device view of a page pool: page ids per sequence slot in a table of
+// max_pages entries each; page p of the pool is at base + p * layout.page_bytes().
+struct DeviceKv {
+  KvLayout layout;
+  uint8_t* base = nullptr;
+  const int32_t* page_table = nullptr;  // [slots × max_pages]
+  int32_t max_pages = 0;
+};
+
+// Stores each token's K and V rows (n × n_kv_heads × head_dim) at its position; when
+// inv_freq is not null, K is first rotated by RoPE. The row encodings are those of
+// kernels/layout.h (q4 rows Hadamard-rotated, with the scale search).
+void kv_store(const DeviceKv& kv, uint32_t layer, const float* k, const float* v, int64_t n, const int32_t* positions,
+              const int32_t* slots, const float* inv_freq, cudaStream_t stream);
+
+// Attention of n query tokens (n × n_heads × head_dim) over their sequences' cached
+// positions [max(0, pos - window + 1), pos] (window 0: all). Batches of one sequence
+// with more than kMaxGemvTokens tokens and head_dim 64 or 128 use a tensor-core
+// flash-attention kernel (causal, GQA); the rest split-K flash-decoding (scratch:
+// attention_scratch_floats). max_context bounds every token's position + 1.
+size_t attention_scratch_floats(int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t max_context);
+void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads,
+               int64_t n_kv_heads, const int32_t* positions, const int32_t* slots, bool single_sequence,
+               int32_t window, int64_t max_context, float* out, float* scratch, cudaStream_t stream);
+
+// ---- matmul -----------------------------------------------------------------------------
+
+// int8 activations for dp4a GEMV: per token int8 q[k] | float scale[k/32] | int32 sum16[k/16]
+// (the sum of each 16 quants), act_bytes(k) bytes, 16-byte aligned.
+size_t act_bytes(int64_t k);
+void quantize_acts(const float* x, int64_t n, int64_t k, uint8_t* out, cudaStream_t stream);
+
+// Decode GEMV for n ≤ 8 tokens: y[t * ldy + r] (=, or += when accumulate) Σ_k W[r,k] x_t[k].
+// Float weights read x (n × cols f32); q8/q4 read xq (quantize_acts).
+constexpr int64_t kMaxGemvTokens = 8;
+void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, float* y, int64_t ldy, bool accumulate,
+          cudaStream_t stream);
+
+// Prefill GEMM through cuBLAS tensor cores: quantized and f32 weights are first
+// dequantized to f16 into a scratch buffer, activations converted to f16 (bf16 for bf16
+// weights). One per stream; not thread safe.
+class Gemm {
+ public:
+  Gemm();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+  // Returns an error string on failure (nullptr on success).
+  const char* run(const DeviceMatrix& w, const float* x, int64_t n, float* y, int64_t ldy, bool accumulate,
+                  cudaStream_t stream);
+
+ private:
+  void* handle_ = nullptr;
+  void* weights_ = nullptr;  // dequantized weights
+  size_t weights_bytes_ = 0;
+  void* acts_ = nullptr;     // f16 / bf16 activations
+  size_t acts_bytes_ = 0;
+};
+
+// Dequantizes a whole tensor to f16 (the Gemm's first step; also used by tests).
+void dequantize_to_f16(const DeviceMatrix& w, void* out, cudaStream_t stream);
+
+}  // namespace kvant::cuda

@@ -1,0 +1,170 @@
+// Row and elementwise kernels: embedding lookup, norms, RoPE, activations, residuals.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace kvant::cuda {
+
+namespace {
+
+// Element e of row r of a [rows, cols] tensor in its .kvant layout.
+__device__ __forceinline__ float tensor_element(DType dtype, const uint8_t* t, int64_t rows, int64_t cols, int64_t r,
+                                                int64_t e) {
+  switch (dtype) {
+    case DType::f32: return reinterpret_cast<const float*>(t)[r * cols + e];
+    case DType::f16: return __half2float(reinterpret_cast<const __half*>(t)[r * cols + e]);
+    case DType::bf16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(t)[r * cols + e]);
+    case DType::q8: {
+      const auto* scales = reinterpret_cast<const __half*>(t + rows * cols);
+      return __half2float(scales[(r * cols + e) / 32]) * static_cast<float>(reinterpret_cast<const int8_t*>(t)[r * cols + e]);
+    }
+    case DType::q4: {
+      const auto* scales = reinterpret_cast<const __half*>(t + rows * cols / 2);
+      const uint8_t byte = t[r * cols / 2 + (e / 64) * 32 + (e % 32)];
+      const int q = ((e % 64) < 32 ? (byte & 0x0f) : (byte >> 4)) - 8;
+      return __half2float(scales[(r * cols + e) / 32]) * static_cast<float>(q);
+    }
+  }
+  return 0.0f;
+}
+
+__global__ void embed_kernel(DeviceMatrix table, DeviceMatrix pos_table, bool has_pos, const int32_t* tokens,
+                             const int32_t* positions, int64_t n, float* out) {
+  const int64_t t = blockIdx.y;
+  const int64_t dim = table.cols;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < dim;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = tensor_element(table.dtype, table.data, table.rows, dim, tokens[t], e);
+    if (has_pos) v += tensor_element(pos_table.dtype, pos_table.data, pos_table.rows, dim, positions[t], e);
+    out[t * dim + e] = v;
+  }
+}
+
+__global__ void select_rows_kernel(const float* in, const int32_t* rows, int64_t width, float* out) {
+  const int64_t r = blockIdx.y;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[r * width + e] = in[rows[r] * width + e];
+}
+
+// One block per row.
+__global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* out) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * n;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
+  ss = block_sum(ss, shared);
+  const float inv = rsqrtf(ss / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = row[i] * inv * w[i];
+}
+
+__global__ void layer_norm_kernel(const float* x, const float* w, const float* b, int64_t n, float eps, float* out) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * n;
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += row[i];
+  const float mean = block_sum(s, shared) / static_cast<float>(n);
+  float v = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += (row[i] - mean) * (row[i] - mean);
+  const float inv = rsqrtf(block_sum(v, shared) / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    out[blockIdx.x * n + i] = (row[i] - mean) * inv * w[i] + (b ? b[i] : 0.0f);
+}
+
+// One thread per rotated pair; pairs i and i + head_dim/2 of each head.
+__global__ void rope_kernel(const float* x, float* out, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+                            const float* inv_freq) {
+  const int64_t t = blockIdx.y;
+  const int64_t half = head_dim / 2;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= n_heads * half) return;
+  const int64_t h = idx / half, i = idx % half;
+  float s, c;
+  sincosf(static_cast<float>(positions[t]) * inv_freq[i], &s, &c);
+  const float* v = x + (t * n_heads + h) * head_dim;
+  float* o = out + (t * n_heads + h) * head_dim;
+  const float a = v[i], b = v[i + half];
+  o[i] = a * c - b * s;
+  o[i + half] = b * c + a * s;
+}
+
+__global__ void add_kernel(const float* a, const float* b, int64_t n, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = a[i] + b[i];
+}
+
+__global__ void silu_mul_kernel(const float* g, const float* u, int64_t n, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void gelu_kernel(const float* x, int64_t n, bool tanh_approx, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  out[i] = tanh_approx ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                       : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+}
+
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t ldy) {
+  const int64_t t = blockIdx.y;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r < rows) y[t * ldy + r] += bias[r];
+}
+
+dim3 row_grid(int64_t width, int64_t n, int threads) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>((width + threads - 1) / threads, 65535)), static_cast<unsigned>(n));
+}
+
+}  // namespace
+
+void embed(const DeviceMatrix& table, const DeviceMatrix* positions_table, const int32_t* tokens,
+           const int32_t* positions, int64_t n, float* out, cudaStream_t stream) {
+  if (n == 0) return;
+  embed_kernel<<<row_grid(table.cols, n, 256), 256, 0, stream>>>(table, positions_table ? *positions_table : DeviceMatrix{},
+                                                                  positions_table != nullptr, tokens, positions, n, out);
+}
+
+void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width, float* out, cudaStream_t stream) {
+  if (n == 0) return;
+  select_rows_kernel<<<row_grid(width, n, 256), 256, 0, stream>>>(in, rows, width, out);
+}
+
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
+  if (rows == 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, n, eps, out);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
+                cudaStream_t stream) {
+  if (rows == 0) return;
+  layer_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, b, n, eps, out);
+}
+
+void rope(const float* x, float* out, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq, cudaStream_t stream) {
+  if (n_tokens == 0) return;
+  rope_kernel<<<row_grid(n_heads * head_dim / 2, n_tokens, 128), 128, 0, stream>>>(x, out, n_heads, head_dim, positions,
+                                                                                   inv_freq);
+}
+
+void add(const float* a, const float* b, int64_t n, float* out, cudaStream_t stream) {
+  if (n > 0) add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(a, b, n, out);
+}
+
+void silu_mul(const float* g, const float* u, int64_t n, float* out, cudaStream_t stream) {
+  if (n > 0) silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(g, u, n, out);
+}
+
+void gelu(const float* x, int64_t n, bool tanh_approximation, float* out, cudaStream_t stream) {
+  if (n > 0) gelu_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(x, n, tanh_approximation, out);
+}
+
+void add_bias(float* y, const float* bias, int64_t rows, int64_t n, int64_t ldy, cudaStream_t stream) {
+  if (n > 0) add_bias_kernel<<<row_grid(rows, n, 256), 256, 0, stream>>>(y, bias, rows, ldy);
+}
+
+void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t stream) {
+  if (n > 0) cudaMemcpyAsync(y, x, static_cast<size_t>(width * n) * 4, cudaMemcpyDeviceToDevice, stream);
+}
+
+}  // namespace kvant::cuda

@@ -1,0 +1,364 @@
+#include "runtime/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/progress.h"
+
+namespace kvant {
+
+namespace {
+
+Status cuda_error(cudaError_t e, std::string_view what) {
+  return Status::error(ErrorCode::internal, "CUDA error in {}: {}", what, cudaGetErrorString(e));
+}
+
+#define KVANT_CUDA_TRY(call, what)                    \
+  do {                                                \
+    const cudaError_t kvant_cuda_e_ = (call);         \
+    if (kvant_cuda_e_ != cudaSuccess) return cuda_error(kvant_cuda_e_, what); \
+  } while (0)
+
+uint64_t matrix_bytes(const cpu::WeightMatrix& w) {
+  return *tensor_bytes(w.dtype, static_cast<uint64_t>(w.rows), static_cast<uint64_t>(w.cols));
+}
+
+}  // namespace
+
+bool cuda_available(std::string* name) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  if (name) {
+    cudaDeviceProp p{};
+    cudaGetDeviceProperties(&p, 0);
+    *name = p.name;
+  }
+  return true;
+}
+
+// ---- weights ------------------------------------------------------------------------------
+
+CudaWeights::~CudaWeights() {
+  for (void* p : allocations_) cudaFree(p);
+}
+
+cuda::DeviceMatrix CudaWeights::matrix(const cpu::WeightMatrix& host) const {
+  const auto it = device_of_.find(host.data);
+  return {host.dtype, host.rows, host.cols, it == device_of_.end() ? nullptr : it->second};
+}
+
+const float* CudaWeights::vec(const float* host) const {
+  if (!host) return nullptr;
+  const auto it = device_of_.find(host);
+  return it == device_of_.end() ? nullptr : reinterpret_cast<const float*>(it->second);
+}
+
+Result<std::shared_ptr<const CudaWeights>> CudaWeights::upload(const Model& model, int gpu_layers, bool progress) {
+  if (!cuda_available()) return Status::error(ErrorCode::unsupported, "no CUDA GPU is available");
+  const ModelConfig& c = model.config();
+  const ModelWeights& w = model.weights();
+  std::shared_ptr<CudaWeights> cw(new CudaWeights());
+  cw->gpu_layers_ = std::clamp(gpu_layers < 0 ? static_cast<int>(c.n_layers) : gpu_layers, 0, static_cast<int>(c.n_layers));
+  // What goes: (host bytes, size).
+  std::vector<std::pair<const uint8_t*, uint64_t>> tensors;
+  auto add_matrix = [&](const cpu::WeightMatrix& m) {
+    if (m.data) tensors.push_back({m.data, matrix_bytes(m)});
+  };
+  auto add_vec = [&](const float* v, uint64_t n) {
+    if (v) tensors.push_back({reinterpret_cast<const uint8_t*>(v), n * 4});
+  };
+  add_matrix(w.token_embd);
+  add_matrix(w.pos_embd);
+  for (int l = 0; l < cw->gpu_layers_; ++l) {
+    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+    for (const auto* m : {&L.attn_q, &L.attn_k, &L.attn_v, &L.attn_out, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) add_matrix(*m);
+    const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim, kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+    add_vec(L.attn_norm, c.dim);
+    add_vec(L.attn_norm_bias, c.dim);
+    add_vec(L.ffn_norm, c.dim);
+    add_vec(L.ffn_norm_bias, c.dim);
+    add_vec(L.q_bias, q_dim);
+    add_vec(L.k_bias, kv_dim);
+    add_vec(L.v_bias, kv_dim);
+    add_vec(L.out_bias, c.dim);
+    add_vec(L.up_bias, c.ffn_dim);
+    add_vec(L.down_bias, c.dim);
+  }
+  if (cw->gpu_layers_ == static_cast<int>(c.n_layers)) {
+    if (w.output.data != w.token_embd.data) add_matrix(w.output);
+    add_vec(w.output_norm, c.dim);
+    add_vec(w.output_norm_bias, c.dim);
+  }
+  uint64_t total = 0;
+  for (const auto& [p, n] : tensors) total += n;
+
+  // Pinned staging, two buffers: the copy of one overlaps the fill of the other.
+  constexpr uint64_t kStage = 64ull << 20;
+  void* staging[2] = {nullptr, nullptr};
+  cudaEvent_t done[2];
+  cudaStream_t stream;
+  KVANT_CUDA_TRY(cudaStreamCreate(&stream), "upload stream");
+  for (int i = 0; i < 2; ++i) {
+    KVANT_CUDA_TRY(cudaMallocHost(&staging[i], kStage), "pinned staging buffer");
+    KVANT_CUDA_TRY(cudaEventCreate(&done[i]), "upload event");
+  }
+  ProgressBar bar("uploading", total, "B", progress);
+  uint64_t sent = 0;
+  int buf = 0;
+  Status status = Status::ok();
+  for (const auto& [host, n] : tensors) {
+    if (cw->device_of_.contains(host)) continue;  // tied embeddings
+    void* dev = nullptr;
+    if (const cudaError_t e = cudaMalloc(&dev, std::max<uint64_t>(n, 16)); e != cudaSuccess) {
+      status = Status::error(ErrorCode::out_of_memory, "cannot allocate {} on the GPU for the weights: {}",
+                             format_bytes(static_cast<double>(n)), cudaGetErrorString(e));
+      break;
+    }
+    cw->allocations_.push_back(dev);
+    cw->device_of_[host] = static_cast<uint8_t*>(dev);
+    for (uint64_t off = 0; off < n; off += kStage) {
+      const uint64_t len = std::min(kStage, n - off);
+      cudaEventSynchronize(done[buf]);  // the buffer's previous copy has finished
+      std::memcpy(staging[buf], host + off, len);
+      cudaMemcpyAsync(static_cast<uint8_t*>(dev) + off, staging[buf], len, cudaMemcpyHostToDevice, stream);
+      cudaEventRecord(done[buf], stream);
+      buf ^= 1;
+      sent += len;
+      bar.update(sent);
+    }
+    cw->bytes_ += n;
+  }
+  const cudaError_t e = cudaStreamSynchronize(stream);
+  bar.finish();
+  for (int i = 0; i < 2; ++i) {
+    cudaFreeHost(staging[i]);
+    cudaEventDestroy(done[i]);
+  }
+  cudaStreamDestroy(stream);
+  KVANT_TRY(status);
+  if (e != cudaSuccess) return cuda_error(e, "weight upload");
+  const auto& inv = model.rope_inv_freq();
+  KVANT_CUDA_TRY(cudaMalloc(&cw->inv_freq_, std::max<size_t>(inv.size(), 1) * 4), "rope table");
+  cw->allocations_.push_back(cw->inv_freq_);
+  KVANT_CUDA_TRY(cudaMemcpy(cw->inv_freq_, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice), "rope table");
+  return std::shared_ptr<const CudaWeights>(std::move(cw));
+}
+
+// ---- executor -----------------------------------------------------------------------------
+
+Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Model& model, std::shared_ptr<const CudaWeights> weights,
+                                                           const KvLayout& layout, uint32_t n_pages, int64_t n_ctx,
+                                                           int32_t max_seqs, int64_t max_tokens) {
+  std::unique_ptr<CudaExecutor> x(new CudaExecutor());
+  x->model_ = &model;
+  x->weights_ = std::move(weights);
+  x->pool_layout_ = layout;
+  x->pool_layout_.n_layers = static_cast<uint32_t>(x->weights_->gpu_layers());
+  x->n_pages_ = n_pages;
+  x->n_ctx_ = n_ctx;
+  x->max_seqs_ = max_seqs;
+  x->max_tokens_ = max_tokens;
+  x->max_pages_ = static_cast<int32_t>((n_ctx + layout.page_tokens - 1) / layout.page_tokens + 1);
+  KVANT_CUDA_TRY(cudaStreamCreateWithFlags(&x->stream_, cudaStreamNonBlocking), "stream");
+  const uint64_t pool_bytes = static_cast<uint64_t>(n_pages) * x->pool_layout_.page_bytes();
+  if (pool_bytes > 0) {
+    const cudaError_t e = cudaMalloc(&x->pool_, pool_bytes);
+    if (e != cudaSuccess)
+      return Status::error(ErrorCode::out_of_memory, "cannot allocate a {} KV cache on the GPU: {}",
+                           format_bytes(static_cast<double>(pool_bytes)), cudaGetErrorString(e));
+    KVANT_CUDA_TRY(cudaMemset(x->pool_, 0, pool_bytes), "KV cache");
+  }
+  x->input_ints_ = static_cast<size_t>(4 * max_tokens + int64_t{max_seqs} * x->max_pages_);
+  KVANT_CUDA_TRY(cudaMalloc(&x->d_inputs_, x->input_ints_ * 4), "batch inputs");
+  KVANT_CUDA_TRY(cudaMallocHost(&x->h_inputs_, x->input_ints_ * 4), "batch inputs");
+  const ModelConfig& c = model.config();
+  x->scratch_floats_ = std::max(cuda::attention_scratch_floats(max_tokens, c.n_heads, c.head_dim, n_ctx),
+                                static_cast<size_t>(2 * max_tokens * c.ffn_dim));
+  KVANT_CUDA_TRY(cudaMalloc(&x->scratch_, x->scratch_floats_ * 4), "scratch");
+  x->gemm_ = std::make_unique<cuda::Gemm>();
+  return x;
+}
+
+CudaExecutor::~CudaExecutor() {
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+  gemm_.reset();
+  cudaFree(pool_);
+  cudaFree(arena_);
+  cudaFree(d_inputs_);
+  cudaFreeHost(h_inputs_);
+  cudaFree(scratch_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+KvPool CudaExecutor::device_pool() {
+  KvPool pool;
+  pool.layout = pool_layout_;
+  pool.base = pool_;
+  pool.device = true;
+  pool.copy = [](uint8_t* d, const uint8_t* s, size_t n) { cudaMemcpy(d, s, n, cudaMemcpyDeviceToDevice); };
+  pool.download = [](uint8_t* d, const uint8_t* s, size_t n) { cudaMemcpy(d, s, n, cudaMemcpyDeviceToHost); };
+  pool.upload = [](uint8_t* d, const uint8_t* s, size_t n) { cudaMemcpy(d, s, n, cudaMemcpyHostToDevice); };
+  return pool;
+}
+
+Status CudaExecutor::prepare(const Plan& plan) {
+  if (plan.arena_bytes <= arena_size_) return Status::ok();
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);  // they hold the old arena's addresses
+  graphs_.clear();
+  cudaFree(arena_);
+  arena_ = nullptr;
+  arena_size_ = 0;
+  const cudaError_t e = cudaMalloc(&arena_, static_cast<size_t>(plan.arena_bytes));
+  if (e != cudaSuccess)
+    return Status::error(ErrorCode::out_of_memory, "cannot allocate {} of activations on the GPU",
+                         format_bytes(static_cast<double>(plan.arena_bytes)));
+  arena_size_ = plan.arena_bytes;
+  return Status::ok();
+}
+
+Status CudaExecutor::synchronize() {
+  KVANT_CUDA_TRY(cudaStreamSynchronize(stream_), "stream");
+  return Status::ok();
+}
+
+Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids,
+                         size_t begin, size_t end) {
+  KVANT_TRY(prepare(plan));
+  const auto n = static_cast<int64_t>(batch.tokens.size());
+  if (n > max_tokens_ || static_cast<int32_t>(page_ids.size()) > max_seqs_)
+    return Status::error(ErrorCode::internal, "batch larger than the GPU buffers");
+  // Inputs into pinned memory, then one copy to the device.
+  int32_t* h = h_inputs_;
+  std::memcpy(h, batch.tokens.data(), static_cast<size_t>(n) * 4);
+  std::memcpy(h + max_tokens_, batch.positions.data(), static_cast<size_t>(n) * 4);
+  std::memcpy(h + 2 * max_tokens_, batch.slot.data(), static_cast<size_t>(n) * 4);
+  std::memcpy(h + 3 * max_tokens_, batch.output_rows.data(), batch.output_rows.size() * 4);
+  int32_t* table = h + 4 * max_tokens_;
+  for (size_t s = 0; s < page_ids.size(); ++s) {
+    const auto& ids = *page_ids[s];
+    if (static_cast<int32_t>(ids.size()) > max_pages_) return Status::error(ErrorCode::internal, "page table overflow");
+    for (size_t i = 0; i < ids.size(); ++i) table[s * static_cast<size_t>(max_pages_) + i] = static_cast<int32_t>(ids[i]);
+  }
+  KVANT_CUDA_TRY(cudaMemcpyAsync(d_inputs_, h_inputs_, input_ints_ * 4, cudaMemcpyHostToDevice, stream_), "batch inputs");
+  single_sequence_ = page_ids.size() == 1;
+  n_tokens_ = n;
+
+  // Decode-sized batches replay a captured graph of the node range.
+  if (n <= cuda::kMaxGemvTokens) {
+    const auto key = std::make_tuple(plan.id, begin, end);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph;
+      KVANT_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
+      const Status launched = launch_nodes(plan, begin, end);
+      const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+      KVANT_TRY(launched);
+      if (e != cudaSuccess) return cuda_error(e, "graph capture");
+      Captured c;
+      const cudaError_t ie = cudaGraphInstantiate(&c.exec, graph, 0);
+      cudaGraphDestroy(graph);
+      if (ie != cudaSuccess) return cuda_error(ie, "graph instantiation");
+      it = graphs_.emplace(key, c).first;
+    }
+    KVANT_CUDA_TRY(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
+    return Status::ok();
+  }
+  return launch_nodes(plan, begin, end);
+}
+
+Status CudaExecutor::launch_nodes(const Plan& plan, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) KVANT_TRY(run_node(plan, i));
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return cuda_error(e, "kernel launch");
+  return Status::ok();
+}
+
+Status CudaExecutor::run_node(const Plan& plan, size_t index) {
+  const auto& nodes = plan.graph.nodes();
+  const Node& n = nodes[index];
+  const ModelConfig& c = model_->config();
+  const CudaWeights& W = *weights_;
+  const int64_t rows = plan.rows(n), hd = c.head_dim;
+  auto out = [&](int port = 0) { return reinterpret_cast<float*>(arena_ + n.offset[port]); };
+  auto in = [&](Ref r) { return reinterpret_cast<float*>(arena_ + nodes[static_cast<size_t>(r.node)].offset[r.port]); };
+  auto bytes_in = [&](Ref r) { return arena_ + nodes[static_cast<size_t>(r.node)].offset[r.port]; };
+  const int32_t* tokens = d_inputs_;
+  const int32_t* positions = d_inputs_ + max_tokens_;
+  const int32_t* slots = d_inputs_ + 2 * max_tokens_;
+  const int32_t* output_rows = d_inputs_ + 3 * max_tokens_;
+  const cuda::DeviceKv kv{pool_layout_, pool_, d_inputs_ + 4 * max_tokens_, max_pages_};
+  cudaStream_t s = stream_;
+
+  // y (= or +=) W x (+ bias) for the batch's rows, through GEMV or the GEMM.
+  auto matmul = [&](const cpu::WeightMatrix& host, const float* bias, float* y, bool accumulate) -> Status {
+    const cuda::DeviceMatrix w = W.matrix(host);
+    if (!w.data) return Status::error(ErrorCode::internal, "weight of '{}' is not on the GPU", n.name);
+    if (rows <= cuda::kMaxGemvTokens) {
+      cuda::gemv(w, in(n.in[0]), n.q_in.valid() ? bytes_in(n.q_in) : nullptr, rows, y, w.rows, accumulate, s);
+    } else if (const char* err = gemm_->run(w, in(n.in[0]), rows, y, w.rows, accumulate, s)) {
+      return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
+    }
+    if (bias) cuda::add_bias(y, W.vec(bias), w.rows, rows, w.rows, s);
+    return Status::ok();
+  };
+
+  switch (n.op) {
+    case Op::embed: {
+      const cuda::DeviceMatrix table = W.matrix(model_->weights().token_embd);
+      if (c.learned_pos) {
+        const cuda::DeviceMatrix pos = W.matrix(model_->weights().pos_embd);
+        cuda::embed(table, &pos, tokens, positions, rows, out(), s);
+      } else {
+        cuda::embed(table, nullptr, tokens, positions, rows, out(), s);
+      }
+      return Status::ok();
+    }
+    case Op::select_rows: cuda::select_rows(in(n.in[0]), output_rows, rows, n.width, out(), s); return Status::ok();
+    case Op::norm:
+      if (n.norm == NormKind::rms) cuda::rms_norm(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), s);
+      else cuda::layer_norm(in(n.in[0]), W.vec(n.vec), W.vec(n.bias[0]), rows, n.width, n.eps, out(), s);
+      return Status::ok();
+    case Op::quantize:
+      if (rows <= cuda::kMaxGemvTokens) cuda::quantize_acts(in(n.in[0]), rows, n.width, arena_ + n.offset[0], s);
+      return Status::ok();  // the GEMM path reads f32 activations
+    case Op::matmul: {
+      const cpu::WeightMatrix& host = *n.w[0];
+      if (n.residual && !n.in_place) cuda::copy_rows(in(n.in[1]), out(), host.rows, rows, s);
+      return matmul(host, n.bias[0], out(), n.residual);
+    }
+    case Op::matmul_multi:
+      for (int p = 0; p < n.n_outputs(); ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
+      return Status::ok();
+    case Op::ffn_gated: {
+      float* gate = scratch_;
+      float* up = scratch_ + rows * n.w[0]->rows;
+      KVANT_TRY(matmul(*n.w[0], nullptr, gate, false));
+      KVANT_TRY(matmul(*n.w[1], nullptr, up, false));
+      cuda::silu_mul(gate, up, rows * n.w[0]->rows, out(), s);
+      return Status::ok();
+    }
+    case Op::rope:
+      cuda::rope(in(n.in[0]), out(), rows, n.width / hd, hd, positions, W.inv_freq(), s);
+      return Status::ok();
+    case Op::kv_store:
+      cuda::kv_store(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), in(n.in[1]), rows, positions, slots, nullptr, s);
+      return Status::ok();
+    case Op::rope_store:
+      cuda::rope(in(n.in[0]), out(), rows, n.width / hd, hd, positions, W.inv_freq(), s);
+      cuda::kv_store(kv, static_cast<uint32_t>(n.layer), in(n.in[1]), in(n.in[2]), rows, positions, slots, W.inv_freq(), s);
+      return Status::ok();
+    case Op::attention:
+      cuda::attention(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), rows, c.n_heads, c.n_kv_heads, positions, slots,
+                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), scratch_, s);
+      return Status::ok();
+    case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return Status::ok();
+    case Op::gelu: cuda::gelu(in(n.in[0]), rows * n.width, n.gelu == GeluKind::tanh, out(), s); return Status::ok();
+    case Op::add: cuda::add(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return Status::ok();
+  }
+  return Status::ok();
+}
+
+}  // namespace kvant

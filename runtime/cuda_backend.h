@@ -1,0 +1,97 @@
+// The CUDA backend: a model's weights on the GPU, and an executor that runs the GPU
+// part of a plan with the kernels of kernels/cuda, reading the same KV page layout as
+// the CPU. Decode steps are captured once as a CUDA graph and replayed.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/cuda/kernels.h"
+#include "runtime/cpu_executor.h"
+#include "runtime/kv_cache.h"
+#include "runtime/model.h"
+#include "runtime/planner.h"
+
+namespace kvant {
+
+// Whether a CUDA GPU is usable here (and its name).
+bool cuda_available(std::string* name = nullptr);
+
+class CudaWeights {
+ public:
+  // Uploads the embeddings, layers [0, gpu_layers) and, when every layer goes, the head,
+  // through pinned staging buffers, with a progress bar on a terminal.
+  static Result<std::shared_ptr<const CudaWeights>> upload(const Model& model, int gpu_layers, bool progress);
+  ~CudaWeights();
+
+  int gpu_layers() const { return gpu_layers_; }
+  uint64_t bytes() const { return bytes_; }
+  // The device copy of a host tensor of the model (by its bytes in the mapping).
+  cuda::DeviceMatrix matrix(const cpu::WeightMatrix& host) const;
+  const float* vec(const float* host) const;
+  const float* inv_freq() const { return inv_freq_; }
+
+ private:
+  CudaWeights() = default;
+  std::unordered_map<const void*, uint8_t*> device_of_;
+  std::vector<void*> allocations_;
+  float* inv_freq_ = nullptr;
+  int gpu_layers_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+class CudaExecutor {
+ public:
+  // Allocates the device page pool (layers [0, gpu_layers) of `layout`) and the buffers
+  // for batches of up to max_tokens tokens from up to max_seqs sequences.
+  static Result<std::unique_ptr<CudaExecutor>> create(const Model& model, std::shared_ptr<const CudaWeights> weights,
+                                                      const KvLayout& layout, uint32_t n_pages, int64_t n_ctx,
+                                                      int32_t max_seqs, int64_t max_tokens);
+  ~CudaExecutor();
+
+  KvPool device_pool();  // for KvCache::add_device_pool
+  Status prepare(const Plan& plan);
+  // Runs nodes [begin, end); page ids per sequence slot of the batch.
+  Status run(const Plan& plan, const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids,
+             size_t begin, size_t end);
+  uint8_t* arena() { return arena_; }
+  cudaStream_t stream() const { return stream_; }
+  Status synchronize();
+
+ private:
+  CudaExecutor() = default;
+  Status launch_nodes(const Plan& plan, size_t begin, size_t end);
+  Status run_node(const Plan& plan, size_t index);
+
+  const Model* model_ = nullptr;
+  std::shared_ptr<const CudaWeights> weights_;
+  KvLayout pool_layout_;
+  uint8_t* pool_ = nullptr;
+  uint32_t n_pages_ = 0;
+  int64_t n_ctx_ = 0, max_tokens_ = 0;
+  int32_t max_seqs_ = 0, max_pages_ = 0;
+  cudaStream_t stream_ = nullptr;
+  uint8_t* arena_ = nullptr;
+  int64_t arena_size_ = 0;
+  // Batch inputs: device buffers, filled from pinned host buffers before each run.
+  int32_t* d_inputs_ = nullptr;  // tokens | positions | slots | output rows | page table
+  int32_t* h_inputs_ = nullptr;  // pinned
+  size_t input_ints_ = 0;
+  float* scratch_ = nullptr;     // attention partials and FFN gate/up rows
+  size_t scratch_floats_ = 0;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  bool single_sequence_ = false;
+  int64_t n_tokens_ = 0;
+  // Captured decode graphs by (plan, begin, end).
+  struct Captured {
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<std::tuple<uint64_t, size_t, size_t>, Captured> graphs_;  // (plan id, begin, end)
+};
+
+}  // namespace kvant

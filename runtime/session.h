@@ -1,0 +1,54 @@
+// One conversation's state: a sequence in its own KV cache, the tokens it holds, and
+// saving / restoring that state to a file (KV pages as laid out in kernels/layout.h, so a
+// file saved by one backend loads on the other).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/context.h"
+
+namespace kvant {
+
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> create(std::shared_ptr<const Model> model, const ContextOptions& options);
+
+  const Model& model() const { return ctx_->model(); }
+  Context& context() { return *ctx_; }
+  const std::vector<int32_t>& tokens() const { return ctx_->kv_cache().tokens(seq_); }
+  int64_t length() const { return ctx_->length(seq_); }
+
+  // Evaluates `tokens` after the ones held.
+  Status append(std::span<const int32_t> tokens);
+  // Makes the session hold exactly `tokens`: keeps the longest common prefix with what it
+  // holds and evaluates only the rest (a new chat turn prefills only its new tokens).
+  // At least the last token is evaluated, so its logits are current.
+  Status sync(std::span<const int32_t> tokens);
+  // Logits of the last evaluated token (vocab floats); empty before any evaluation.
+  std::span<const float> logits() const;
+  void reset();
+
+  Status save(const std::string& path) const;
+  Status load(const std::string& path);
+
+ private:
+  Session() = default;
+  std::unique_ptr<Context> ctx_;
+  SeqId seq_ = -1;
+  bool has_logits_ = false;
+};
+
+// Reads a session file's header and tokens without restoring it (tests, fuzzing).
+// Every field is checked against the model and layout the session would load into.
+struct SessionFileInfo {
+  std::vector<int32_t> tokens;
+  uint64_t pages_offset = 0;  // where the page data starts
+  uint64_t n_pages = 0;
+};
+Result<SessionFileInfo> parse_session_file(std::span<const uint8_t> bytes, const KvLayout& layout,
+                                           uint64_t model_checksum, int64_t n_ctx, int32_t vocab_size);
+
+}  // namespace kvant

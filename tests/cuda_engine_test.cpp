@@ -1,0 +1,387 @@
+// The CUDA backend against the CPU reference and transformers: kernels on awkward
+// shapes, the fixture goldens, GPU logits against CPU logits for every weight and KV
+// type (decode graphs and the flash prefill path), split models, and KV pages moving
+// between backends. Every test skips, saying so, when no GPU is present.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "convert/converter.h"
+#include "format/half.h"
+#include "format/quant.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cuda/kernels.h"
+#include "runtime/context.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/session.h"
+#include "tests/test_util.h"
+
+namespace kvant {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU present: GPU test skipped"
+
+template <class T>
+struct DeviceBuffer {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
+  DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.size()) {
+    EXPECT_EQ(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DeviceBuffer() { cudaFree(p); }
+  std::vector<T> download() const {
+    std::vector<T> v(n);
+    EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  }
+};
+
+std::vector<uint8_t> make_weights(DType dtype, int64_t rows, int64_t cols, uint64_t seed) {
+  const auto x = test::gaussian(static_cast<size_t>(rows * cols), seed, 0.05f);
+  std::vector<uint8_t> bytes(*tensor_bytes(dtype, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)));
+  auto* scales = reinterpret_cast<uint16_t*>(bytes.data() + quant_region_bytes(dtype, rows, cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.data() + r * cols;
+    for (int64_t k = 0; k < cols && (dtype == DType::f16 || dtype == DType::bf16); ++k) {
+      const uint16_t h = dtype == DType::f16 ? f32_to_f16(row[k]) : f32_to_bf16(row[k]);
+      std::memcpy(bytes.data() + (r * cols + k) * 2, &h, 2);
+    }
+    if (dtype == DType::f32) std::memcpy(bytes.data() + r * cols * 4, row, static_cast<size_t>(cols) * 4);
+    if (dtype == DType::q8) quantize_row_q8(row, cols, reinterpret_cast<int8_t*>(bytes.data()) + r * cols, scales + r * cols / 32);
+    if (dtype == DType::q4) quantize_row_q4(row, cols, bytes.data() + r * cols / 2, scales + r * cols / 32);
+  }
+  return bytes;
+}
+
+// CPU reference y = W x (quantized weights with the CPU's int8 activations).
+std::vector<float> cpu_matmul(DType dtype, const std::vector<uint8_t>& w, int64_t rows, int64_t cols,
+                              const std::vector<float>& x, int64_t n) {
+  std::vector<uint8_t> xq(cpu::act_record_bytes(cols) * static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t)
+    cpu::quantize_acts(x.data() + t * cols, cols, xq.data() + t * cpu::act_record_bytes(cols), cpu::SimdLevel::scalar);
+  cpu::MatmulArgs a;
+  a.w = {dtype, rows, cols, w.data()};
+  a.x = x.data();
+  a.ldx = cols;
+  a.xq = xq.data();
+  a.n_tokens = n;
+  std::vector<float> y(static_cast<size_t>(rows * n));
+  a.y = y.data();
+  a.ldy = rows;
+  cpu::matmul(a, 0, rows, cpu::SimdLevel::scalar);
+  return y;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double e = 0, s = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    e += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
+    s += want[i] * static_cast<double>(want[i]);
+  }
+  return std::sqrt(e / std::max(s, 1e-30));
+}
+
+TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t rows, cols;
+  };
+  for (DType dtype : {DType::q4, DType::q8, DType::f16, DType::bf16, DType::f32}) {
+    for (Shape s : {Shape{1, 64}, Shape{7, 576}, Shape{33, 2048}, Shape{130, 4160}}) {
+      const auto w = make_weights(dtype, s.rows, s.cols, static_cast<uint64_t>(s.rows + s.cols));
+      DeviceBuffer<uint8_t> dw(w);
+      const cuda::DeviceMatrix m{dtype, s.rows, s.cols, dw.p};
+      for (int64_t n : {1, 3, 8, 17, 64}) {
+        const auto x = test::gaussian(static_cast<size_t>(n * s.cols), static_cast<uint64_t>(n * 7 + s.cols));
+        const auto want = cpu_matmul(dtype, w, s.rows, s.cols, x, n);
+        DeviceBuffer<float> dx(x);
+        DeviceBuffer<float> dy(static_cast<size_t>(n * s.rows));
+        cudaMemset(dy.p, 0xff, dy.n * 4);  // poison: every output must be written
+        if (n <= cuda::kMaxGemvTokens) {
+          DeviceBuffer<uint8_t> dq(cuda::act_bytes(s.cols) * static_cast<size_t>(n));
+          cuda::quantize_acts(dx.p, n, s.cols, dq.p, nullptr);
+          cuda::gemv(m, dx.p, dq.p, n, dy.p, s.rows, false, nullptr);
+        } else {
+          cuda::Gemm gemm;
+          ASSERT_EQ(gemm.run(m, dx.p, n, dy.p, s.rows, false, nullptr), nullptr);
+        }
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const double err = rel_error(dy.download(), want);
+        // GEMV: the same int8 arithmetic (float summation order differs); GEMM: f16 operands.
+        const double bound = n <= cuda::kMaxGemvTokens ? 1e-5 : 4e-3;
+        EXPECT_LT(err, bound) << dtype_name(dtype) << " [" << s.rows << "x" << s.cols << "] n=" << n;
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, QuantizedActivationsEqualTheCpus) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t k : {64, 576, 4096}) {
+    const auto x = test::gaussian(static_cast<size_t>(k * 2), static_cast<uint64_t>(k), 3.0f);
+    DeviceBuffer<float> dx(x);
+    DeviceBuffer<uint8_t> dq(cuda::act_bytes(k) * 2);
+    cuda::quantize_acts(dx.p, 2, k, dq.p, nullptr);
+    const auto got = dq.download();
+    for (int t = 0; t < 2; ++t) {
+      std::vector<uint8_t> rec(cpu::act_record_bytes(k));
+      cpu::quantize_acts(x.data() + t * k, k, rec.data(), cpu::SimdLevel::scalar);
+      EXPECT_EQ(0, std::memcmp(got.data() + t * cuda::act_bytes(k), rec.data(), static_cast<size_t>(k))) << k;
+      EXPECT_EQ(0, std::memcmp(got.data() + t * cuda::act_bytes(k) + k, rec.data() + 2 * k, static_cast<size_t>(k / 32) * 4));
+    }
+  }
+}
+
+// KV rows written on the GPU read back on the CPU as the CPU would have written them,
+// and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
+TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t heads, kv_heads, hd, n, context;
+  };
+  const Case cases[] = {{4, 2, 16, 1, 40}, {9, 3, 64, 1, 300}, {32, 8, 64, 5, 600}, {8, 8, 128, 20, 90},
+                        {32, 8, 64, 100, 130}, {4, 1, 128, 65, 65}};
+  for (KvType type : {KvType::f32, KvType::f16, KvType::q8, KvType::q4}) {
+    for (const Case c : cases) {
+      const KvLayout L{type, 1, static_cast<uint32_t>(c.kv_heads), static_cast<uint32_t>(c.hd), kPageTokens};
+      const int64_t pages = (c.context + kPageTokens - 1) / kPageTokens;
+      // Pages in reverse order in the pool, to exercise the table.
+      std::vector<int32_t> table(static_cast<size_t>(pages));
+      for (int64_t p = 0; p < pages; ++p) table[static_cast<size_t>(p)] = static_cast<int32_t>(pages - 1 - p);
+      DeviceBuffer<uint8_t> pool(static_cast<size_t>(pages * L.page_bytes()));
+      cudaMemset(pool.p, 0, pool.n);
+      DeviceBuffer<int32_t> dtable(table);
+      const cuda::DeviceKv kv{L, pool.p, dtable.p, static_cast<int32_t>(pages)};
+      // Write every position with the GPU kernel.
+      const int64_t kv_dim = c.kv_heads * c.hd;
+      const auto k = test::gaussian(static_cast<size_t>(c.context * kv_dim), 11 + static_cast<uint64_t>(c.hd), 1.5f);
+      const auto v = test::gaussian(static_cast<size_t>(c.context * kv_dim), 12 + static_cast<uint64_t>(c.hd));
+      std::vector<int32_t> all_pos(static_cast<size_t>(c.context)), zeros(static_cast<size_t>(c.context), 0);
+      for (int64_t p = 0; p < c.context; ++p) all_pos[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+      DeviceBuffer<float> dk(k), dv(v);
+      DeviceBuffer<int32_t> dpos(all_pos), dslots(zeros);
+      cuda::kv_store(kv, 0, dk.p, dv.p, c.context, dpos.p, dslots.p, nullptr, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      // The CPU reads the GPU's pages.
+      auto host = pool.download();
+      std::vector<uint8_t*> host_pages(static_cast<size_t>(pages));
+      for (int64_t p = 0; p < pages; ++p)
+        host_pages[static_cast<size_t>(p)] = host.data() + table[static_cast<size_t>(p)] * L.page_bytes();
+      // Rows decode to the values written (within the type's precision).
+      for (int64_t p = 0; p < c.context; p += 37)
+        for (int64_t g = 0; g < c.kv_heads; ++g) {
+          const uint8_t* region = host_pages[static_cast<size_t>(p / kPageTokens)] + L.region_offset(0, 0, static_cast<uint32_t>(g));
+          std::vector<float> row(static_cast<size_t>(c.hd));
+          cpu::load_kv_row(type, region + (p % kPageTokens) * L.row_bytes(),
+                           reinterpret_cast<const uint16_t*>(region + L.scales_offset()) + p % kPageTokens, c.hd, row.data());
+          if (cpu::kv_rotated(type, c.hd)) cpu::hadamard(row.data(), c.hd);
+          const std::vector<float> want(k.begin() + p * kv_dim + g * c.hd, k.begin() + p * kv_dim + (g + 1) * c.hd);
+          const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : 0.15;
+          EXPECT_LT(rel_error(row, want), bound) << kv_type_name(type) << " hd " << c.hd;
+        }
+      // Attention of the last n positions as queries.
+      const auto q = test::gaussian(static_cast<size_t>(c.n * c.heads * c.hd), 99);
+      std::vector<int32_t> qpos(static_cast<size_t>(c.n)), qslots(static_cast<size_t>(c.n), 0);
+      for (int64_t t = 0; t < c.n; ++t) qpos[static_cast<size_t>(t)] = static_cast<int32_t>(c.context - c.n + t);
+      for (int32_t window : {0, 48}) {
+        std::vector<float> want(q.size());
+        cpu::AttentionArgs a{&L, 0, host_pages.data(), c.heads, c.kv_heads, c.hd, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+        std::vector<float> scratch(static_cast<size_t>(cpu::attention_scratch_floats(a)));
+        for (int64_t t = 0; t < c.n; ++t) {
+          const int64_t pos = qpos[static_cast<size_t>(t)];
+          const int64_t begin = window ? std::max<int64_t>(0, pos - window + 1) : 0;
+          for (int64_t g = 0; g < c.kv_heads; ++g)
+            cpu::attend_group(a, g, q.data() + t * c.heads * c.hd, begin, pos + 1, want.data() + t * c.heads * c.hd,
+                              scratch.data(), cpu::SimdLevel::scalar);
+        }
+        DeviceBuffer<float> dq(q), dout(q.size());
+        DeviceBuffer<int32_t> dqpos(qpos), dqslots(qslots);
+        DeviceBuffer<float> dscratch(cuda::attention_scratch_floats(c.n, c.heads, c.hd, c.context));
+        cudaMemset(dout.p, 0xff, dout.n * 4);
+        cuda::attention(kv, 0, dq.p, c.n, c.heads, c.kv_heads, dqpos.p, dqslots.p, true, window, c.context, dout.p,
+                        dscratch.p, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const bool flash = c.n > cuda::kMaxGemvTokens && (c.hd == 64 || c.hd == 128);
+        // Flash attention rounds Q, K, V and P to f16 for the tensor cores.
+        const double bound = flash ? 5e-3 : 1e-5;
+        EXPECT_LT(rel_error(dout.download(), want), bound)
+            << kv_type_name(type) << " heads " << c.heads << "/" << c.kv_heads << " hd " << c.hd << " n " << c.n
+            << " window " << window << (flash ? " (flash)" : " (split-K)");
+      }
+    }
+  }
+}
+
+// ---- the engine on the GPU ---------------------------------------------------------------
+
+std::string model_file(const std::string& tag, const std::function<Result<convert::ConvertReport>(convert::ConvertOptions&)>& make) {
+  const std::string out = test::temp_dir() + "/" + tag + ".kvant";
+  if (!test::file_exists(out)) {
+    convert::ConvertOptions o;
+    o.output_path = out;
+    o.progress = false;
+    auto r = make(o);
+    EXPECT_TRUE(r) << r.status().message();
+  }
+  return out;
+}
+
+std::string fixture_file(const std::string& name, DType dtype) {
+  return model_file(name + "-" + std::string(dtype_name(dtype)), [&](convert::ConvertOptions& o) {
+    o.dtype = dtype;
+    return convert::convert_checkpoint(test::fixture_dir(name), o);
+  });
+}
+
+std::string synthetic_file(const std::string& shape, DType dtype) {
+  return model_file(shape + "-syn-" + std::string(dtype_name(dtype)), [&](convert::ConvertOptions& o) {
+    o.dtype = dtype;
+    o.quant_method = QuantMethod::absmax;
+    return convert::write_synthetic(shape, 5, o);
+  });
+}
+
+std::vector<float> all_logits(const std::string& path, ContextOptions o, std::span<const int32_t> tokens,
+                              bool stepwise = false) {
+  auto model = Model::load(path);
+  EXPECT_TRUE(model) << model.status().message();
+  if (o.n_ctx == 0) o.n_ctx = 256;
+  if (o.threads == 0) o.threads = 2;
+  auto ctx = Context::create(*model, o);
+  EXPECT_TRUE(ctx) << ctx.status().message();
+  auto seq = ctx.value()->new_sequence();
+  std::vector<float> out;
+  if (stepwise) {
+    for (int32_t t : tokens) {
+      EXPECT_TRUE(ctx.value()->eval(*seq, std::span<const int32_t>(&t, 1)));
+      out.insert(out.end(), ctx.value()->logits(0).begin(), ctx.value()->logits(0).end());
+    }
+    return out;
+  }
+  const Status s = ctx.value()->eval(*seq, tokens, true);
+  EXPECT_TRUE(s) << s.message();
+  for (int64_t r = 0; r < ctx.value()->n_logit_rows(); ++r)
+    out.insert(out.end(), ctx.value()->logits(r).begin(), ctx.value()->logits(r).end());
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  return m;
+}
+
+TEST(CudaEngine, FixtureLogitsMatchTransformers) {
+  SKIP_WITHOUT_GPU();
+  for (const char* name : {"llama", "llama3", "mistral", "qwen2", "gpt2"}) {
+    std::ifstream in(test::fixture_dir(name) + "/golden.json");
+    const auto j = nlohmann::json::parse(in);
+    const auto tokens = j["tokens"].get<std::vector<int32_t>>();
+    const auto bytes = test::read_file(test::fixture_dir(name) + "/golden_logits.f32");
+    std::vector<float> golden(bytes.size() / 4);
+    std::memcpy(golden.data(), bytes.data(), bytes.size());
+    for (KvType kv : {KvType::f32, KvType::f16}) {
+      ContextOptions o;
+      o.device = Device::cuda;
+      o.kv_type = kv;
+      const double err = max_abs_diff(all_logits(fixture_file(name, DType::f32), o, tokens), golden);
+      std::printf("GPU %-8s f32 weights, %s KV: max |logit - transformers| = %.2e\n", name,
+                  std::string(kv_type_name(kv)).c_str(), err);
+      EXPECT_LT(err, kv == KvType::f32 ? 1e-4 : 1e-2) << name;
+    }
+  }
+}
+
+// GPU against CPU on a head_dim-64 model: prefill of 40 tokens (flash path) and decode
+// steps (captured graphs), for every weight type and KV type.
+TEST(CudaEngine, GpuMatchesCpuForEveryWeightAndKvType) {
+  SKIP_WITHOUT_GPU();
+  std::vector<int32_t> tokens(40);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 131 + 7) % 512);
+  for (DType dtype : {DType::f16, DType::q8, DType::q4}) {
+    const std::string path = synthetic_file("tiny", dtype);
+    for (KvType kv : {KvType::f16, KvType::q8, KvType::q4}) {
+      ContextOptions cpu_o, gpu_o;
+      cpu_o.kv_type = gpu_o.kv_type = kv;
+      gpu_o.device = Device::cuda;
+      const auto cpu = all_logits(path, cpu_o, tokens);
+      const auto gpu = all_logits(path, gpu_o, tokens);
+      const auto gpu_steps = all_logits(path, gpu_o, tokens, /*stepwise=*/true);
+      double scale = 0;
+      for (float v : cpu) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      const double prefill = max_abs_diff(gpu, cpu) / scale, decode = max_abs_diff(gpu_steps, cpu) / scale;
+      std::printf("GPU vs CPU, %s weights, %s KV: prefill %.2e, decode %.2e (relative to max |logit| %.2f)\n",
+                  std::string(dtype_name(dtype)).c_str(), std::string(kv_type_name(kv)).c_str(), prefill, decode, scale);
+      // f16 operands in the prefill GEMM and flash attention; q4 KV rows may choose a
+      // different scale in near ties.
+      EXPECT_LT(prefill, kv == KvType::q4 ? 0.05 : 0.02);
+      EXPECT_LT(decode, kv == KvType::q4 ? 0.05 : 0.01);
+    }
+  }
+}
+
+TEST(CudaEngine, SplitModelsMatchAllGpuAndAllCpu) {
+  SKIP_WITHOUT_GPU();
+  std::vector<int32_t> tokens(20);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 31 + 3) % 512);
+  const std::string path = synthetic_file("tiny", DType::q8);
+  ContextOptions cpu_o, gpu_o, split_o;
+  gpu_o.device = split_o.device = Device::cuda;
+  split_o.gpu_layers = 1;  // of 2
+  const auto cpu = all_logits(path, cpu_o, tokens, true);
+  const auto gpu = all_logits(path, gpu_o, tokens, true);
+  const auto split = all_logits(path, split_o, tokens, true);
+  double scale = 0;
+  for (float v : cpu) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+  EXPECT_LT(max_abs_diff(split, cpu) / scale, 0.01);
+  EXPECT_LT(max_abs_diff(split, gpu) / scale, 0.01);
+  ContextOptions none_o = gpu_o;
+  none_o.gpu_layers = 0;  // embeddings and every layer on the CPU
+  EXPECT_LT(max_abs_diff(all_logits(path, none_o, tokens, true), cpu) / scale, 1e-5);
+}
+
+// A session saved on the GPU restores on the CPU (and the reverse) with the same
+// next-token logits.
+TEST(CudaEngine, SessionsMoveBetweenBackends) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = synthetic_file("tiny", DType::q4);
+  auto model = Model::load(path);
+  ASSERT_TRUE(model);
+  std::vector<int32_t> prompt(70), next = {17};
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7 + 1) % 512);
+  for (KvType kv : {KvType::f16, KvType::q8, KvType::q4}) {
+    ContextOptions cpu_o, gpu_o;
+    cpu_o.n_ctx = gpu_o.n_ctx = 128;
+    cpu_o.kv_type = gpu_o.kv_type = kv;
+    gpu_o.device = Device::cuda;
+    for (bool from_gpu : {true, false}) {
+      auto writer = Session::create(*model, from_gpu ? gpu_o : cpu_o);
+      auto reader = Session::create(*model, from_gpu ? cpu_o : gpu_o);
+      ASSERT_TRUE(writer && reader);
+      ASSERT_TRUE(writer.value()->append(prompt));
+      const std::string file = test::temp_dir() + "/moved.session";
+      ASSERT_TRUE(writer.value()->save(file));
+      ASSERT_TRUE(writer.value()->append(next));
+      const std::vector<float> want(writer.value()->logits().begin(), writer.value()->logits().end());
+      const Status loaded = reader.value()->load(file);
+      ASSERT_TRUE(loaded) << loaded.message();
+      ASSERT_TRUE(reader.value()->append(next));
+      const std::vector<float> got(reader.value()->logits().begin(), reader.value()->logits().end());
+      double scale = 0;
+      for (float v : want) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      EXPECT_LT(max_abs_diff(got, want) / scale, 0.01) << kv_type_name(kv) << (from_gpu ? " GPU->CPU" : " CPU->GPU");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvant
