@@ -1,6 +1,7 @@
 #include "runtime/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "runtime/progress.h"
@@ -178,11 +179,25 @@ Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Model& model, s
   x->scratch_floats_ = std::max(cuda::attention_scratch_floats(max_tokens, c.n_heads, c.head_dim, n_ctx),
                                 static_cast<size_t>(2 * max_tokens * c.ffn_dim));
   KVANT_CUDA_TRY(cudaMalloc(&x->scratch_, x->scratch_floats_ * 4), "scratch");
+  const size_t counters = cuda::attention_counters(max_tokens, c.n_heads);
+  KVANT_CUDA_TRY(cudaMalloc(&x->counters_, counters * 4), "attention counters");
+  KVANT_CUDA_TRY(cudaMemset(x->counters_, 0, counters * 4), "attention counters");
   x->gemm_ = std::make_unique<cuda::Gemm>();
+  const char* profile = std::getenv("KVANT_CUDA_PROFILE");
+  x->profile_ = profile && *profile && *profile != '0';
   return x;
 }
 
 CudaExecutor::~CudaExecutor() {
+  if (profile_ && !profile_ms_.empty()) {
+    double total = 0;
+    for (const auto& [op, v] : profile_ms_) total += v.first;
+    fmt::print(stderr, "CUDA time by op ({:.1f} ms in all):\n", total);
+    for (const auto& [op, v] : profile_ms_)
+      fmt::print(stderr, "  {:<24} {:9.2f} ms {:5.1f}%  {:8} launches  {:7.1f} us each\n", op, v.first,
+                 100.0 * v.first / total, v.second, 1000.0 * v.first / static_cast<double>(v.second));
+  }
+  cudaFree(counters_);
   for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
   gemm_.reset();
   cudaFree(pool_);
@@ -247,7 +262,7 @@ Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<con
   n_tokens_ = n;
 
   // Decode-sized batches replay a captured graph of the node range.
-  if (n <= cuda::kMaxGemvTokens) {
+  if (n <= cuda::kMaxGemvTokens && !profile_) {
     const auto key = std::make_tuple(plan.id, begin, end);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
@@ -270,13 +285,37 @@ Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<con
 }
 
 Status CudaExecutor::launch_nodes(const Plan& plan, size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i) KVANT_TRY(run_node(plan, i));
+  for (size_t i = begin; i < end;) {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    if (profile_) {
+      cudaEventCreate(&start);
+      cudaEventCreate(&stop);
+      cudaEventRecord(start, stream_);
+    }
+    KVANT_ASSIGN_OR_RETURN(const size_t covered, run_node(plan, i, end));
+    if (profile_) {
+      cudaEventRecord(stop, stream_);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      const Node& n = plan.graph.nodes()[i];
+      std::string key = std::string(op_name(n.op)) + (covered > 1 ? "+quantize" : "");
+      if (n.op == Op::matmul) key += n.name == "output" ? " (head)" : "";
+      key += plan.rows(n) > cuda::kMaxGemvTokens ? " [prefill]" : " [decode]";
+      auto& slot = profile_ms_[key];
+      slot.first += ms;
+      ++slot.second;
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+    i += covered;
+  }
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error(e, "kernel launch");
   return Status::ok();
 }
 
-Status CudaExecutor::run_node(const Plan& plan, size_t index) {
+Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end) {
   const auto& nodes = plan.graph.nodes();
   const Node& n = nodes[index];
   const ModelConfig& c = model_->config();
@@ -292,15 +331,25 @@ Status CudaExecutor::run_node(const Plan& plan, size_t index) {
   const cuda::DeviceKv kv{pool_layout_, pool_, d_inputs_ + 4 * max_tokens_, max_pages_};
   cudaStream_t s = stream_;
 
+  const bool decode = rows <= cuda::kMaxGemvTokens;
+  const uint8_t* xq = n.q_in.valid() ? bytes_in(n.q_in) : nullptr;
+  auto device_matrix = [&](const cpu::WeightMatrix* host) -> Result<cuda::DeviceMatrix> {
+    const cuda::DeviceMatrix w = W.matrix(*host);
+    if (!w.data) return Status::error(ErrorCode::internal, "weight of '{}' is not on the GPU", n.name);
+    return w;
+  };
   // y (= or +=) W x (+ bias) for the batch's rows, through GEMV or the GEMM.
   auto matmul = [&](const cpu::WeightMatrix& host, const float* bias, float* y, bool accumulate) -> Status {
-    const cuda::DeviceMatrix w = W.matrix(host);
-    if (!w.data) return Status::error(ErrorCode::internal, "weight of '{}' is not on the GPU", n.name);
-    if (rows <= cuda::kMaxGemvTokens) {
-      cuda::gemv(w, in(n.in[0]), n.q_in.valid() ? bytes_in(n.q_in) : nullptr, rows, y, w.rows, accumulate, s);
-    } else if (const char* err = gemm_->run(w, in(n.in[0]), rows, y, w.rows, accumulate, s)) {
-      return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
+    KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix w, device_matrix(&host));
+    if (decode) {
+      const cuda::DeviceMatrix* ws[1] = {&w};
+      float* ys[1] = {y};
+      const float* bs[1] = {W.vec(bias)};
+      cuda::gemv_multi(ws, ys, bs, 1, in(n.in[0]), xq, rows, accumulate, s);
+      return Status::ok();
     }
+    if (const char* err = gemm_->run(w, in(n.in[0]), rows, y, w.rows, accumulate, s))
+      return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
     if (bias) cuda::add_bias(y, W.vec(bias), w.rows, rows, w.rows, s);
     return Status::ok();
   };
@@ -314,51 +363,84 @@ Status CudaExecutor::run_node(const Plan& plan, size_t index) {
       } else {
         cuda::embed(table, nullptr, tokens, positions, rows, out(), s);
       }
-      return Status::ok();
+      return size_t{1};
     }
-    case Op::select_rows: cuda::select_rows(in(n.in[0]), output_rows, rows, n.width, out(), s); return Status::ok();
-    case Op::norm:
+    case Op::select_rows: cuda::select_rows(in(n.in[0]), output_rows, rows, n.width, out(), s); return size_t{1};
+    case Op::norm: {
+      // A decode-sized RMSNorm followed by the quantize of its output: one kernel.
+      const Node* next = index + 1 < end ? &nodes[index + 1] : nullptr;
+      if (decode && n.norm == NormKind::rms && next && next->op == Op::quantize &&
+          next->in[0].node == static_cast<int>(index)) {
+        cuda::rms_norm_quantize(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), arena_ + next->offset[0], s);
+        return size_t{2};
+      }
       if (n.norm == NormKind::rms) cuda::rms_norm(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), s);
       else cuda::layer_norm(in(n.in[0]), W.vec(n.vec), W.vec(n.bias[0]), rows, n.width, n.eps, out(), s);
-      return Status::ok();
+      return size_t{1};
+    }
     case Op::quantize:
-      if (rows <= cuda::kMaxGemvTokens) cuda::quantize_acts(in(n.in[0]), rows, n.width, arena_ + n.offset[0], s);
-      return Status::ok();  // the GEMM path reads f32 activations
+      if (decode) cuda::quantize_acts(in(n.in[0]), rows, n.width, arena_ + n.offset[0], s);
+      return size_t{1};  // the GEMM path reads f32 activations
     case Op::matmul: {
       const cpu::WeightMatrix& host = *n.w[0];
       if (n.residual && !n.in_place) cuda::copy_rows(in(n.in[1]), out(), host.rows, rows, s);
-      return matmul(host, n.bias[0], out(), n.residual);
+      KVANT_TRY(matmul(host, n.bias[0], out(), n.residual));
+      return size_t{1};
     }
-    case Op::matmul_multi:
-      for (int p = 0; p < n.n_outputs(); ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
-      return Status::ok();
+    case Op::matmul_multi: {
+      const int count = n.n_outputs();
+      bool same = true;
+      for (int p = 1; p < count; ++p) same = same && n.w[p]->dtype == n.w[0]->dtype && n.w[p]->cols == n.w[0]->cols;
+      if (decode && same) {  // q, k and v in one launch
+        cuda::DeviceMatrix ws[3];
+        const cuda::DeviceMatrix* wp[3];
+        float* ys[3];
+        const float* bs[3];
+        for (int p = 0; p < count; ++p) {
+          KVANT_ASSIGN_OR_RETURN(ws[p], device_matrix(n.w[p]));
+          wp[p] = &ws[p];
+          ys[p] = out(p);
+          bs[p] = W.vec(n.bias[p]);
+        }
+        cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, false, s);
+        return size_t{1};
+      }
+      for (int p = 0; p < count; ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
+      return size_t{1};
+    }
     case Op::ffn_gated: {
+      if (decode && n.w[0]->dtype == n.w[1]->dtype) {  // gate, up and SiLU in one launch
+        KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix g, device_matrix(n.w[0]));
+        KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix u, device_matrix(n.w[1]));
+        cuda::gemv_gated(g, u, in(n.in[0]), xq, rows, out(), s);
+        return size_t{1};
+      }
       float* gate = scratch_;
       float* up = scratch_ + rows * n.w[0]->rows;
       KVANT_TRY(matmul(*n.w[0], nullptr, gate, false));
       KVANT_TRY(matmul(*n.w[1], nullptr, up, false));
       cuda::silu_mul(gate, up, rows * n.w[0]->rows, out(), s);
-      return Status::ok();
+      return size_t{1};
     }
     case Op::rope:
       cuda::rope(in(n.in[0]), out(), rows, n.width / hd, hd, positions, W.inv_freq(), s);
-      return Status::ok();
+      return size_t{1};
     case Op::kv_store:
       cuda::kv_store(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), in(n.in[1]), rows, positions, slots, nullptr, s);
-      return Status::ok();
+      return size_t{1};
     case Op::rope_store:
-      cuda::rope(in(n.in[0]), out(), rows, n.width / hd, hd, positions, W.inv_freq(), s);
-      cuda::kv_store(kv, static_cast<uint32_t>(n.layer), in(n.in[1]), in(n.in[2]), rows, positions, slots, W.inv_freq(), s);
-      return Status::ok();
+      cuda::rope_store(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), out(), n.width / hd, in(n.in[1]), in(n.in[2]), rows,
+                       positions, slots, W.inv_freq(), s);
+      return size_t{1};
     case Op::attention:
       cuda::attention(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), rows, c.n_heads, c.n_kv_heads, positions, slots,
-                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), scratch_, s);
-      return Status::ok();
-    case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return Status::ok();
-    case Op::gelu: cuda::gelu(in(n.in[0]), rows * n.width, n.gelu == GeluKind::tanh, out(), s); return Status::ok();
-    case Op::add: cuda::add(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return Status::ok();
+                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), scratch_, counters_, s);
+      return size_t{1};
+    case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};
+    case Op::gelu: cuda::gelu(in(n.in[0]), rows * n.width, n.gelu == GeluKind::tanh, out(), s); return size_t{1};
+    case Op::add: cuda::add(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};
   }
-  return Status::ok();
+  return size_t{1};
 }
 
 }  // namespace kvant

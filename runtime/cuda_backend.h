@@ -66,7 +66,9 @@ class CudaExecutor {
  private:
   CudaExecutor() = default;
   Status launch_nodes(const Plan& plan, size_t begin, size_t end);
-  Status run_node(const Plan& plan, size_t index);
+  // Runs node `index` (and returns how many nodes it covered: a norm fused with the
+  // quantize that follows it counts two).
+  Result<size_t> run_node(const Plan& plan, size_t index, size_t end);
 
   const Model* model_ = nullptr;
   std::shared_ptr<const CudaWeights> weights_;
@@ -84,6 +86,10 @@ class CudaExecutor {
   size_t input_ints_ = 0;
   float* scratch_ = nullptr;     // attention partials and FFN gate/up rows
   size_t scratch_floats_ = 0;
+  int* counters_ = nullptr;      // attention's split counters (kept zero by the kernel)
+  // KVANT_CUDA_PROFILE=1: nodes run without graphs, timed by op, reported at exit.
+  bool profile_ = false;
+  std::map<std::string, std::pair<double, int64_t>> profile_ms_;
   std::unique_ptr<cuda::Gemm> gemm_;
   bool single_sequence_ = false;
   int64_t n_tokens_ = 0;

@@ -15,6 +15,7 @@
 #include "format/quant.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cuda/kernels.h"
 #include "runtime/context.h"
 #include "runtime/cuda_backend.h"
@@ -101,7 +102,20 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
       const cuda::DeviceMatrix m{dtype, s.rows, s.cols, dw.p};
       for (int64_t n : {1, 3, 8, 17, 64}) {
         const auto x = test::gaussian(static_cast<size_t>(n * s.cols), static_cast<uint64_t>(n * 7 + s.cols));
-        const auto want = cpu_matmul(dtype, w, s.rows, s.cols, x, n);
+        // GEMV: the CPU's int8 arithmetic. GEMM: the exact product of the dequantized
+        // weights (the GEMM uses f16 operands, not int8 activations).
+        std::vector<float> want = cpu_matmul(dtype, w, s.rows, s.cols, x, n);
+        if (n > cuda::kMaxGemvTokens) {
+          std::vector<float> row(static_cast<size_t>(s.cols));
+          for (int64_t r = 0; r < s.rows; ++r) {
+            cpu::dequantize_row(dtype, w.data(), s.rows, s.cols, r, row.data());
+            for (int64_t t = 0; t < n; ++t) {
+              double acc = 0;
+              for (int64_t k = 0; k < s.cols; ++k) acc += static_cast<double>(row[static_cast<size_t>(k)]) * x[static_cast<size_t>(t * s.cols + k)];
+              want[static_cast<size_t>(t * s.rows + r)] = static_cast<float>(acc);
+            }
+          }
+        }
         DeviceBuffer<float> dx(x);
         DeviceBuffer<float> dy(static_cast<size_t>(n * s.rows));
         cudaMemset(dy.p, 0xff, dy.n * 4);  // poison: every output must be written
@@ -115,8 +129,9 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
         }
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const double err = rel_error(dy.download(), want);
-        // GEMV: the same int8 arithmetic (float summation order differs); GEMM: f16 operands.
-        const double bound = n <= cuda::kMaxGemvTokens ? 1e-5 : 4e-3;
+        // GEMV: the same int8 arithmetic (float summation order differs); GEMM: f16
+        // activations (f32 weights: exact f32).
+        const double bound = n <= cuda::kMaxGemvTokens ? 1e-5 : dtype == DType::f32 ? 1e-5 : dtype == DType::bf16 ? 6e-3 : 2e-3;
         EXPECT_LT(err, bound) << dtype_name(dtype) << " [" << s.rows << "x" << s.cols << "] n=" << n;
       }
     }
@@ -184,7 +199,7 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
                            reinterpret_cast<const uint16_t*>(region + L.scales_offset()) + p % kPageTokens, c.hd, row.data());
           if (cpu::kv_rotated(type, c.hd)) cpu::hadamard(row.data(), c.hd);
           const std::vector<float> want(k.begin() + p * kv_dim + g * c.hd, k.begin() + p * kv_dim + (g + 1) * c.hd);
-          const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : 0.15;
+          const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : 0.25;
           EXPECT_LT(rel_error(row, want), bound) << kv_type_name(type) << " hd " << c.hd;
         }
       // Attention of the last n positions as queries.
@@ -205,9 +220,11 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
         DeviceBuffer<float> dq(q), dout(q.size());
         DeviceBuffer<int32_t> dqpos(qpos), dqslots(qslots);
         DeviceBuffer<float> dscratch(cuda::attention_scratch_floats(c.n, c.heads, c.hd, c.context));
+        DeviceBuffer<int> counters(cuda::attention_counters(c.n, c.heads));
+        cudaMemset(counters.p, 0, counters.n * 4);
         cudaMemset(dout.p, 0xff, dout.n * 4);
         cuda::attention(kv, 0, dq.p, c.n, c.heads, c.kv_heads, dqpos.p, dqslots.p, true, window, c.context, dout.p,
-                        dscratch.p, nullptr);
+                        dscratch.p, counters.p, nullptr);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const bool flash = c.n > cuda::kMaxGemvTokens && (c.hd == 64 || c.hd == 128);
         // Flash attention rounds Q, K, V and P to f16 for the tensor cores.
@@ -296,20 +313,25 @@ TEST(CudaEngine, FixtureLogitsMatchTransformers) {
       const double err = max_abs_diff(all_logits(fixture_file(name, DType::f32), o, tokens), golden);
       std::printf("GPU %-8s f32 weights, %s KV: max |logit - transformers| = %.2e\n", name,
                   std::string(kv_type_name(kv)).c_str(), err);
-      EXPECT_LT(err, kv == KvType::f32 ? 1e-4 : 1e-2) << name;
+      EXPECT_LT(err, kv == KvType::f32 ? 1e-4 : 2e-2) << name;
     }
   }
 }
 
 // GPU against CPU on a head_dim-64 model: prefill of 40 tokens (flash path) and decode
-// steps (captured graphs), for every weight type and KV type.
+// steps (captured graphs), for every weight type and KV type. With an f32 KV cache the
+// decode steps run the same arithmetic on both (int8 activations for q8/q4 weights):
+// they agree to float rounding. Rounding to f16 / int8 / int4 KV rows turns those
+// last-bit differences into occasional one-step differences of a stored value, which
+// these random-weight models amplify: a looser bound. The prefill uses f16 operands on
+// the tensor cores (and the CPU int8 activations).
 TEST(CudaEngine, GpuMatchesCpuForEveryWeightAndKvType) {
   SKIP_WITHOUT_GPU();
   std::vector<int32_t> tokens(40);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 131 + 7) % 512);
   for (DType dtype : {DType::f16, DType::q8, DType::q4}) {
     const std::string path = synthetic_file("tiny", dtype);
-    for (KvType kv : {KvType::f16, KvType::q8, KvType::q4}) {
+    for (KvType kv : {KvType::f32, KvType::f16, KvType::q8, KvType::q4}) {
       ContextOptions cpu_o, gpu_o;
       cpu_o.kv_type = gpu_o.kv_type = kv;
       gpu_o.device = Device::cuda;
@@ -321,10 +343,10 @@ TEST(CudaEngine, GpuMatchesCpuForEveryWeightAndKvType) {
       const double prefill = max_abs_diff(gpu, cpu) / scale, decode = max_abs_diff(gpu_steps, cpu) / scale;
       std::printf("GPU vs CPU, %s weights, %s KV: prefill %.2e, decode %.2e (relative to max |logit| %.2f)\n",
                   std::string(dtype_name(dtype)).c_str(), std::string(kv_type_name(kv)).c_str(), prefill, decode, scale);
-      // f16 operands in the prefill GEMM and flash attention; q4 KV rows may choose a
-      // different scale in near ties.
-      EXPECT_LT(prefill, kv == KvType::q4 ? 0.05 : 0.02);
-      EXPECT_LT(decode, kv == KvType::q4 ? 0.05 : 0.01);
+      EXPECT_LT(prefill, kv == KvType::q4 ? 0.15 : 0.06);
+      // Quantized weights quantize activations to int8: a last-bit difference can move
+      // a value across a rounding step there too.
+      EXPECT_LT(decode, kv == KvType::f32 && dtype == DType::f16 ? 1e-4 : 0.06);
     }
   }
 }
@@ -333,8 +355,9 @@ TEST(CudaEngine, SplitModelsMatchAllGpuAndAllCpu) {
   SKIP_WITHOUT_GPU();
   std::vector<int32_t> tokens(20);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 31 + 3) % 512);
-  const std::string path = synthetic_file("tiny", DType::q8);
-  ContextOptions cpu_o, gpu_o, split_o;
+  const std::string path = synthetic_file("tiny", DType::f16);
+  ContextOptions cpu_o, gpu_o, split_o;  // f16 weights, f32 KV: the same arithmetic on every device (see above)
+  cpu_o.kv_type = gpu_o.kv_type = split_o.kv_type = KvType::f32;
   gpu_o.device = split_o.device = Device::cuda;
   split_o.gpu_layers = 1;  // of 2
   const auto cpu = all_logits(path, cpu_o, tokens, true);
@@ -342,8 +365,8 @@ TEST(CudaEngine, SplitModelsMatchAllGpuAndAllCpu) {
   const auto split = all_logits(path, split_o, tokens, true);
   double scale = 0;
   for (float v : cpu) scale = std::max(scale, static_cast<double>(std::fabs(v)));
-  EXPECT_LT(max_abs_diff(split, cpu) / scale, 0.01);
-  EXPECT_LT(max_abs_diff(split, gpu) / scale, 0.01);
+  EXPECT_LT(max_abs_diff(split, cpu) / scale, 1e-4);
+  EXPECT_LT(max_abs_diff(split, gpu) / scale, 1e-4);
   ContextOptions none_o = gpu_o;
   none_o.gpu_layers = 0;  // embeddings and every layer on the CPU
   EXPECT_LT(max_abs_diff(all_logits(path, none_o, tokens, true), cpu) / scale, 1e-5);

@@ -13,16 +13,17 @@ namespace kvant::cuda {
 
 namespace {
 
-constexpr int kMaxE = 8;         // head_dim up to 256
-constexpr int kMaxGroup = 8;     // query heads per KV head handled by one block
 constexpr int kSplit = 256;      // positions per split-K block
 
+// E = elements per lane: 1 (head_dim ≤ 32), 2 (64), 4 (128) or 8 (256), a template
+// parameter so that every per-lane array stays in registers.
+template <int E>
 struct Lanes {
-  int e, active, half;  // elements per lane, active lanes, lanes per half row
+  int active, half;  // active lanes, lanes per half row
 };
-__device__ __forceinline__ Lanes lanes_for(int hd) {
-  const int e = hd >= 32 ? hd / 32 : 1;
-  return {e, hd / e, hd / e / 2};
+template <int E>
+__device__ __forceinline__ Lanes<E> lanes_for(int hd) {
+  return {hd / E, hd / E / 2};
 }
 
 __device__ __forceinline__ bool rotated(KvType t, int hd) { return t == KvType::q4 && hd >= 16 && (hd & (hd - 1)) == 0; }
@@ -34,32 +35,38 @@ __device__ __forceinline__ uint8_t* region(const DeviceKv& kv, int slot, int64_t
 }
 
 // The lane's elements of row `pos` (0 for inactive lanes).
-__device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg, int64_t pos, Lanes ln, int lane,
+template <int E>
+__device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg, int64_t pos, Lanes<E> ln, int lane,
                                          float* x) {
   const int64_t slot = pos % kv.layout.page_tokens;
   const uint8_t* row = reg + slot * kv.layout.row_bytes();
   if (lane >= ln.active) {
-    for (int e = 0; e < ln.e; ++e) x[e] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = 0.0f;
     return;
   }
-  const int first = lane * ln.e;
+  const int first = lane * E;
   switch (kv.layout.type) {
     case KvType::f32:
-      for (int e = 0; e < ln.e; ++e) x[e] = reinterpret_cast<const float*>(row)[first + e];
+#pragma unroll
+      for (int e = 0; e < E; ++e) x[e] = reinterpret_cast<const float*>(row)[first + e];
       return;
     case KvType::f16:
-      for (int e = 0; e < ln.e; ++e) x[e] = __half2float(reinterpret_cast<const __half*>(row)[first + e]);
+#pragma unroll
+      for (int e = 0; e < E; ++e) x[e] = __half2float(reinterpret_cast<const __half*>(row)[first + e]);
       return;
     case KvType::q8: {
       const float d = __half2float(reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[slot]);
-      for (int e = 0; e < ln.e; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
+#pragma unroll
+      for (int e = 0; e < E; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
       return;
     }
     case KvType::q4: {
       const float d = __half2float(reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[slot]);
       const bool high = lane >= ln.half;
-      const int byte0 = (high ? lane - ln.half : lane) * ln.e;
-      for (int e = 0; e < ln.e; ++e) {
+      const int byte0 = (high ? lane - ln.half : lane) * E;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
         const uint8_t b = row[byte0 + e];
         x[e] = d * static_cast<float>((high ? (b >> 4) : (b & 0x0f)) - 8);
       }
@@ -69,84 +76,122 @@ __device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg,
 }
 
 // Normalized Walsh-Hadamard transform of a row spread over a warp (see the top).
-__device__ __forceinline__ void warp_hadamard(float* x, Lanes ln, int hd, int lane) {
-  for (int h = 1; h < hd; h *= 2) {
-    if (h < ln.e) {
-      for (int e = 0; e < ln.e; ++e)
-        if ((e & h) == 0) {
-          const float a = x[e], b = x[e + h];
-          x[e] = a + b;
-          x[e + h] = a - b;
-        }
-    } else {
-      const int mask = h / ln.e;
-      for (int e = 0; e < ln.e; ++e) {
-        const float p = __shfl_xor_sync(0xffffffffu, x[e], mask);
-        x[e] = (lane & mask) ? p - x[e] : x[e] + p;
+template <int E>
+__device__ __forceinline__ void warp_hadamard(float* x, int hd, int lane) {
+#pragma unroll
+  for (int h = 1; h < E; h *= 2)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if ((e & h) == 0) {
+        const float a = x[e], b = x[e + h];
+        x[e] = a + b;
+        x[e + h] = a - b;
       }
+  for (int h = E; h < hd; h *= 2) {
+    const int mask = h / E;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float p = __shfl_xor_sync(0xffffffffu, x[e], mask);
+      x[e] = (lane & mask) ? p - x[e] : x[e] + p;
     }
   }
   const float s = 1.0f / sqrtf(static_cast<float>(hd));
-  for (int e = 0; e < ln.e; ++e) x[e] *= s;
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] *= s;
+}
+
+// RoPE of a row spread over a warp: element i pairs with i + hd/2, held by lane ^ half.
+template <int E>
+__device__ __forceinline__ void warp_rope(float* x, Lanes<E> ln, int lane, int64_t pos, const float* inv_freq) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float partner = __shfl_xor_sync(0xffffffffu, x[e], ln.half);
+    if (lane < ln.active) {
+      const int i = (lane % ln.half) * E + e;
+      float s, c;
+      sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
+      x[e] = lane < ln.half ? x[e] * c - partner * s : x[e] * c + partner * s;
+    }
+  }
+}
+
+// Calls f with std::integral_constant<int, E> for the head dimension.
+template <class F>
+void by_elements(int hd, F&& f) {
+  if (hd <= 32) f(std::integral_constant<int, 1>{});
+  else if (hd <= 64) f(std::integral_constant<int, 2>{});
+  else if (hd <= 128) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 8>{});
 }
 
 // ---- KV store ----------------------------------------------------------------------------
 
-// One warp per (token, KV head, keys or values).
+// One warp per (token, KV head, keys or values), then (when q is given) one per (token,
+// query head) rotating q into q_out.
+template <int E>
 __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, const float* v, int64_t n, int n_kv_heads,
-                                int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq) {
+                                int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                                const float* q, float* q_out, int n_heads) {
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
-  const int64_t t = warp / (2 * n_kv_heads);
-  if (t >= n) return;
-  const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
-  const Lanes ln = lanes_for(hd);
-  const float* src = (kind == 0 ? k : v) + (t * n_kv_heads + g) * hd;
-  float x[kMaxE];
-  for (int e = 0; e < ln.e; ++e) x[e] = lane < ln.active ? src[lane * ln.e + e] : 0.0f;
-  const int64_t pos = positions[t];
-  if (kind == 0 && inv_freq) {  // RoPE: element i pairs with i + hd/2, held by lane ^ half
-    for (int e = 0; e < ln.e; ++e) {
-      const float partner = __shfl_xor_sync(0xffffffffu, x[e], ln.half);
-      if (lane < ln.active) {
-        const int i = (lane % ln.half) * ln.e + e;
-        float s, c;
-        sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
-        x[e] = lane < ln.half ? x[e] * c - partner * s : x[e] * c + partner * s;
-      }
-    }
+  const Lanes<E> ln = lanes_for<E>(hd);
+  float x[E];
+  if (warp >= n * 2 * n_kv_heads) {  // a query row
+    const int64_t qw = warp - n * 2 * n_kv_heads;
+    if (!q || qw >= n * n_heads) return;
+    const int64_t t = qw / n_heads;
+    const float* src = q + qw * hd;
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
+    warp_rope<E>(x, ln, lane, positions[t], inv_freq);
+    if (lane < ln.active)
+#pragma unroll
+      for (int e = 0; e < E; ++e) q_out[qw * hd + lane * E + e] = x[e];
+    return;
   }
+  const int64_t t = warp / (2 * n_kv_heads);
+  const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
+  const float* src = (kind == 0 ? k : v) + (t * n_kv_heads + g) * hd;
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
+  const int64_t pos = positions[t];
+  if (kind == 0 && inv_freq) warp_rope<E>(x, ln, lane, pos, inv_freq);
   uint8_t* reg = region(kv, slots[t], pos, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
   const int64_t slot = pos % kv.layout.page_tokens;
   uint8_t* row = reg + slot * kv.layout.row_bytes();
   __half* scale = reinterpret_cast<__half*>(reg + kv.layout.scales_offset()) + slot;
-  const int first = lane * ln.e;
+  const int first = lane * E;
   switch (kv.layout.type) {
     case KvType::f32:
       if (lane < ln.active)
-        for (int e = 0; e < ln.e; ++e) reinterpret_cast<float*>(row)[first + e] = x[e];
+#pragma unroll
+        for (int e = 0; e < E; ++e) reinterpret_cast<float*>(row)[first + e] = x[e];
       return;
     case KvType::f16:
       if (lane < ln.active)
-        for (int e = 0; e < ln.e; ++e) reinterpret_cast<__half*>(row)[first + e] = __float2half_rn(x[e]);
+#pragma unroll
+        for (int e = 0; e < E; ++e) reinterpret_cast<__half*>(row)[first + e] = __float2half_rn(x[e]);
       return;
     case KvType::q8: {
       float amax = 0.0f;
-      for (int e = 0; e < ln.e; ++e) amax = fmaxf(amax, fabsf(x[e]));
+#pragma unroll
+      for (int e = 0; e < E; ++e) amax = fmaxf(amax, fabsf(x[e]));
       amax = warp_max(amax);
       const __half sc = __float2half_rn(amax / 127.0f);
       const float d = __half2float(sc);
       const float id = d > 0.0f ? 1.0f / d : 0.0f;
       if (lane < ln.active)
-        for (int e = 0; e < ln.e; ++e)
+#pragma unroll
+        for (int e = 0; e < E; ++e)
           reinterpret_cast<int8_t*>(row)[first + e] = static_cast<int8_t>(fminf(fmaxf(rintf(x[e] * id), -127.0f), 127.0f));
       if (lane == 0) *scale = sc;
       return;
     }
     case KvType::q4: {
-      if (rotated(KvType::q4, hd)) warp_hadamard(x, ln, hd, lane);
+      if (rotated(KvType::q4, hd)) warp_hadamard<E>(x, hd, lane);
       float amax = 0.0f;
-      for (int e = 0; e < ln.e; ++e) amax = fmaxf(amax, fabsf(x[e]));
+#pragma unroll
+      for (int e = 0; e < E; ++e) amax = fmaxf(amax, fabsf(x[e]));
       amax = warp_max(amax);
       __half best = __float2half_rn(0.0f);
       float best_err = INFINITY;
@@ -155,7 +200,8 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
         const float d = __half2float(sc);
         if (!(d > 0.0f)) continue;
         float err = 0.0f;
-        for (int e = 0; e < ln.e; ++e) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
           const float r = x[e] - d * fminf(fmaxf(rintf(x[e] / d), -8.0f), 7.0f);
           err += r * r;
         }
@@ -166,7 +212,8 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
         }
       }
       const float d = __half2float(best);
-      for (int e = 0; e < ln.e; ++e) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
         const int q = d > 0.0f ? static_cast<int>(fminf(fmaxf(rintf(x[e] / d), -8.0f), 7.0f)) : 0;
         const int hi = __shfl_xor_sync(0xffffffffu, q, ln.half);
         if (lane < ln.half) row[first + e] = static_cast<uint8_t>((q + 8) | ((hi + 8) << 4));
@@ -187,116 +234,160 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
   return {window > 0 ? max(int64_t{0}, pos - window + 1) : 0, pos + 1};
 }
 
-// Block (KV head g, split s, token t), 4 warps. Each warp walks its positions with an
-// online softmax per query head; the warps merge in shared memory; the split's partial
-// (max, sum, unnormalized output) goes to scratch for attend_combine.
+// Block (KV head group slice, split s, token t), 4 warps, G query heads (the G heads
+// of one KV head, or a slice of them). Each warp takes kBatch positions at a time (their
+// loads in flight together), with an online softmax per head; the warps merge in shared
+// memory and the split's partial (max, sum, unnormalized output) goes to scratch. The
+// last split to finish (counted with an atomic) merges all splits, rotates q4 results
+// back, and writes the output: one kernel per attention.
+constexpr int kBatch = 4;
+
+template <int E, int G>
 __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads,
                                                            int n_kv_heads, int hd, const int32_t* positions,
                                                            const int32_t* slots, int window, int max_splits, float scale,
-                                                           float* scratch) {
-  const int heads_per_block = min(n_heads / n_kv_heads, kMaxGroup);
-  const int sub = n_heads / n_kv_heads / heads_per_block;
-  const int g = blockIdx.x / sub, h0 = g * (n_heads / n_kv_heads) + (blockIdx.x % sub) * heads_per_block;
+                                                           float* scratch, int* counters, float* out) {
+  const int group = n_heads / n_kv_heads, sub = group / G;
+  const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
   const int s = blockIdx.y;
   const int64_t t = blockIdx.z;
   const Range r = attended(positions, t, window);
   const int64_t lo = r.begin + static_cast<int64_t>(s) * kSplit;
   if (lo >= r.end) return;
   const int64_t hi = min(r.end, lo + kSplit);
+  const int splits = static_cast<int>((r.end - r.begin + kSplit - 1) / kSplit);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const Lanes ln = lanes_for(hd);
+  const Lanes<E> ln = lanes_for<E>(hd);
   const bool rot = rotated(kv.layout.type, hd);
 
-  __shared__ float sm_m[4][kMaxGroup], sm_l[4][kMaxGroup];
-  extern __shared__ float sm_acc[];  // [4][heads_per_block][hd]
+  __shared__ float sm_m[4][G], sm_l[4][G];
+  __shared__ bool sm_last;
+  extern __shared__ float sm_acc[];  // [4][G][hd]
 
-  float qv[kMaxGroup][kMaxE];
-  for (int i = 0; i < heads_per_block; ++i) {
-    for (int e = 0; e < ln.e; ++e)
-      qv[i][e] = lane < ln.active ? q[(t * n_heads + h0 + i) * hd + lane * ln.e + e] : 0.0f;
-    if (rot) warp_hadamard(qv[i], ln, hd, lane);
+  float qv[G][E];
+#pragma unroll
+  for (int i = 0; i < G; ++i) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) qv[i][e] = lane < ln.active ? q[(t * n_heads + h0 + i) * hd + lane * E + e] : 0.0f;
+    if (rot) warp_hadamard<E>(qv[i], hd, lane);
   }
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kMaxE];
-  for (int i = 0; i < kMaxGroup; ++i) {
+  float m[G], l[G], acc[G][E];
+#pragma unroll
+  for (int i = 0; i < G; ++i) {
     m[i] = -INFINITY;
     l[i] = 0.0f;
-    for (int e = 0; e < kMaxE; ++e) acc[i][e] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[i][e] = 0.0f;
   }
   const int slot = slots[t];
-  float kf[kMaxE], vf[kMaxE];
-  for (int64_t p = lo + warp; p < hi; p += 4) {
-    load_row(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kf);
-    load_row(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vf);
-    for (int i = 0; i < heads_per_block; ++i) {
-      float d = 0.0f;
-      for (int e = 0; e < ln.e; ++e) d += qv[i][e] * kf[e];
-      const float sc = warp_sum(d) * scale;
-      const float m_new = fmaxf(m[i], sc);
-      const float corr = expf(m[i] - m_new), pe = expf(sc - m_new);
-      l[i] = l[i] * corr + pe;
-      for (int e = 0; e < ln.e; ++e) acc[i][e] = acc[i][e] * corr + pe * vf[e];
-      m[i] = m_new;
+  for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
+    float kf[kBatch][E], vf[kBatch][E];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t p = min(base + j, hi - 1);  // a repeated row for the tail; masked below
+      load_row<E>(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kf[j]);
+      load_row<E>(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vf[j]);
+    }
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      float sc[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) d += qv[i][e] * kf[j][e];
+        sc[j] = d;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
+      float mx = m[i];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        sc[j] = base + j < hi ? sc[j] * scale : -INFINITY;
+        mx = fmaxf(mx, sc[j]);
+      }
+      const float corr = expf(m[i] - mx);
+      float pe[kBatch], sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        pe[j] = expf(sc[j] - mx);
+        sum += pe[j];
+      }
+      l[i] = l[i] * corr + sum;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float a = acc[i][e] * corr;
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) a += pe[j] * vf[j][e];
+        acc[i][e] = a;
+      }
+      m[i] = mx;
     }
   }
-  for (int i = 0; i < heads_per_block; ++i) {
+#pragma unroll
+  for (int i = 0; i < G; ++i) {
     if (lane == 0) {
       sm_m[warp][i] = m[i];
       sm_l[warp][i] = l[i];
     }
     if (lane < ln.active)
-      for (int e = 0; e < ln.e; ++e) sm_acc[(warp * heads_per_block + i) * hd + lane * ln.e + e] = acc[i][e];
+#pragma unroll
+      for (int e = 0; e < E; ++e) sm_acc[(warp * G + i) * hd + lane * E + e] = acc[i][e];
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < heads_per_block * (hd + 2); idx += blockDim.x) {
+  // The block's partial: scratch[t][head][s] = (max, sum, acc[hd]).
+  auto partial = [&](int i, int split) {
+    return scratch + ((t * n_heads + h0 + i) * static_cast<int64_t>(max_splits) + split) * (hd + 2);
+  };
+  for (int idx = threadIdx.x; idx < G * (hd + 2); idx += blockDim.x) {
     const int i = idx / (hd + 2), d = idx % (hd + 2);
     float mm = -INFINITY;
     for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sm_m[w][i]);
-    float value = 0.0f;
-    if (d == 0) {
-      value = mm;
-    } else {
-      for (int w = 0; w < 4; ++w) {
-        if (sm_m[w][i] == -INFINITY) continue;
-        const float f = expf(sm_m[w][i] - mm);
-        value += f * (d == 1 ? sm_l[w][i] : sm_acc[(w * heads_per_block + i) * hd + d - 2]);
-      }
+    float value = mm;
+    if (d > 0) {
+      value = 0.0f;
+      for (int w = 0; w < 4; ++w)
+        if (sm_m[w][i] != -INFINITY)
+          value += expf(sm_m[w][i] - mm) * (d == 1 ? sm_l[w][i] : sm_acc[(w * G + i) * hd + d - 2]);
     }
-    scratch[((t * n_heads + h0 + i) * static_cast<int64_t>(max_splits) + s) * (hd + 2) + d] = value;
+    partial(i, s)[d] = value;
   }
-}
-
-// Block (head, token) of hd threads: merges the splits, normalizes, un-rotates q4 rows.
-__global__ void attend_combine_kernel(const int32_t* positions, int n_heads, int hd, int window, int max_splits,
-                                      bool rot, const float* scratch, float* out) {
-  const int h = blockIdx.x;
-  const int64_t t = blockIdx.y;
-  const int d = threadIdx.x;
-  const Range r = attended(positions, t, window);
-  const int splits = static_cast<int>((r.end - r.begin + kSplit - 1) / kSplit);
-  const float* base = scratch + (t * n_heads + h) * static_cast<int64_t>(max_splits) * (hd + 2);
-  float mm = -INFINITY;
-  for (int s = 0; s < splits; ++s) mm = fmaxf(mm, base[s * (hd + 2)]);
-  float L = 0.0f, A = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float* part = base + s * (hd + 2);
-    if (part[0] == -INFINITY) continue;
-    const float f = expf(part[0] - mm);
-    L += f * part[1];
-    A += f * part[2 + d];
-  }
-  extern __shared__ float row[];
-  row[d] = L > 0.0f ? A / L : 0.0f;
+  // The last of the splits merges them.
+  __threadfence();
   __syncthreads();
-  if (rot) {  // back from the Hadamard basis
-    for (int step = 1; step < hd; step *= 2) {
-      const float a = row[d], b = row[d ^ step];
-      __syncthreads();
-      row[d] = (d & step) ? b - a : a + b;
-      __syncthreads();
-    }
-    row[d] *= 1.0f / sqrtf(static_cast<float>(hd));
+  if (threadIdx.x == 0) {
+    int* counter = counters + t * gridDim.x + blockIdx.x;
+    sm_last = atomicAdd(counter, 1) == splits - 1;
+    if (sm_last) *counter = 0;  // ready for the next launch
   }
-  out[(t * n_heads + h) * hd + d] = row[d];
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence();
+  for (int i = warp; i < G; i += 4) {
+    float mm = -INFINITY;
+    for (int sp = 0; sp < splits; ++sp) mm = fmaxf(mm, partial(i, sp)[0]);
+    float L = 0.0f, A[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) A[e] = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* part = partial(i, sp);
+      if (part[0] == -INFINITY) continue;
+      const float f = expf(part[0] - mm);
+      L += f * part[1];
+      if (lane < ln.active)
+#pragma unroll
+        for (int e = 0; e < E; ++e) A[e] += f * part[2 + lane * E + e];
+    }
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) A[e] *= inv;
+    if (rot) warp_hadamard<E>(A, hd, lane);
+    if (lane < ln.active)
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
+  }
 }
 
 // ---- prefill attention: tensor-core flash attention ---------------------------------------
@@ -333,22 +424,23 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   const int g = blockIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBq, rows = n_tokens * group;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const Lanes ln = lanes_for(HD);
+  constexpr int E = HD / 32;
+  const Lanes<E> ln = lanes_for<E>(HD);
   const bool rot = rotated(kv.layout.type, HD);
   const int slot = slots[0];
 
   // Q rows (rotated for q4 KV), their positions, and the empty running state.
   for (int r = warp; r < kBq; r += 4) {
     const int64_t row = row0 + r;
-    float x[kMaxE];
+    float x[E];
     const bool valid = row < rows;
     const int64_t t = valid ? row / group : 0;
     const int h = g * group + static_cast<int>(valid ? row % group : 0);
-    for (int e = 0; e < ln.e; ++e) x[e] = valid ? q[(t * n_heads + h) * HD + lane * ln.e + e] : 0.0f;
-    if (rot) warp_hadamard(x, ln, HD, lane);
-    for (int e = 0; e < ln.e; ++e) {
-      sm.q[r][lane * ln.e + e] = __float2half_rn(x[e]);
-      sm.o[r][lane * ln.e + e] = 0.0f;
+    for (int e = 0; e < E; ++e) x[e] = valid ? q[(t * n_heads + h) * HD + lane * E + e] : 0.0f;
+    if (rot) warp_hadamard<E>(x, HD, lane);
+    for (int e = 0; e < E; ++e) {
+      sm.q[r][lane * E + e] = __float2half_rn(x[e]);
+      sm.o[r][lane * E + e] = 0.0f;
     }
     if (lane == 0) {
       sm.pos[r] = valid ? positions[t] : -1;
@@ -372,16 +464,16 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kBk) {
     for (int j = warp; j < kBk; j += 4) {  // K and V rows of the tile, as f16
       const int64_t p = k0 + j;
-      float kx[kMaxE], vx[kMaxE];
+      float kx[E], vx[E];
       if (p < k_end) {
-        load_row(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kx);
-        load_row(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vx);
+        load_row<E>(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kx);
+        load_row<E>(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vx);
       } else {
-        for (int e = 0; e < ln.e; ++e) kx[e] = vx[e] = 0.0f;
+        for (int e = 0; e < E; ++e) kx[e] = vx[e] = 0.0f;
       }
-      for (int e = 0; e < ln.e; ++e) {
-        sm.k[j][lane * ln.e + e] = __float2half_rn(kx[e]);
-        sm.v[j][lane * ln.e + e] = __float2half_rn(vx[e]);
+      for (int e = 0; e < E; ++e) {
+        sm.k[j][lane * E + e] = __float2half_rn(kx[e]);
+        sm.v[j][lane * E + e] = __float2half_rn(vx[e]);
       }
     }
     __syncthreads();
@@ -448,11 +540,11 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
     const int64_t row = row0 + r;
     if (row >= rows) continue;
     const float inv = sm.l[r] > 0.0f ? 1.0f / sm.l[r] : 0.0f;
-    float x[kMaxE];
-    for (int e = 0; e < ln.e; ++e) x[e] = sm.o[r][lane * ln.e + e] * inv;
-    if (rot) warp_hadamard(x, ln, HD, lane);
+    float x[E];
+    for (int e = 0; e < E; ++e) x[e] = sm.o[r][lane * E + e] * inv;
+    if (rot) warp_hadamard<E>(x, HD, lane);
     const int64_t t = row / group;
-    for (int e = 0; e < ln.e; ++e) out[(t * n_heads + sm.head[r]) * HD + lane * ln.e + e] = x[e];
+    for (int e = 0; e < E; ++e) out[(t * n_heads + sm.head[r]) * HD + lane * E + e] = x[e];
   }
 }
 
@@ -476,12 +568,20 @@ void launch_flash(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n,
 
 void kv_store(const DeviceKv& kv, uint32_t layer, const float* k, const float* v, int64_t n, const int32_t* positions,
               const int32_t* slots, const float* inv_freq, cudaStream_t stream) {
+  rope_store(kv, layer, nullptr, nullptr, 0, k, v, n, positions, slots, inv_freq, stream);
+}
+
+void rope_store(const DeviceKv& kv, uint32_t layer, const float* q, float* q_out, int64_t n_heads, const float* k,
+                const float* v, int64_t n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                cudaStream_t stream) {
   if (n == 0) return;
-  const int64_t warps = n * 2 * kv.layout.n_kv_heads;
-  kv_store_kernel<<<blocks_for(warps * kWarp, 128), 128, 0, stream>>>(kv, layer, k, v, n,
-                                                                       static_cast<int>(kv.layout.n_kv_heads),
-                                                                       static_cast<int>(kv.layout.head_dim), positions,
-                                                                       slots, inv_freq);
+  const int64_t warps = n * 2 * kv.layout.n_kv_heads + (q ? n * n_heads : 0);
+  const int hd = static_cast<int>(kv.layout.head_dim);
+  by_elements(hd, [&](auto e) {
+    kv_store_kernel<decltype(e)::value><<<blocks_for(warps * kWarp, 128), 128, 0, stream>>>(
+        kv, layer, k, v, n, static_cast<int>(kv.layout.n_kv_heads), hd, positions, slots, inv_freq, q, q_out,
+        static_cast<int>(n_heads));
+  });
 }
 
 size_t attention_scratch_floats(int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t max_context) {
@@ -489,9 +589,26 @@ size_t attention_scratch_floats(int64_t n_tokens, int64_t n_heads, int64_t head_
   return static_cast<size_t>(n_tokens * n_heads * splits * (head_dim + 2));
 }
 
+size_t attention_counters(int64_t n_tokens, int64_t n_heads) { return static_cast<size_t>(n_tokens * n_heads); }
+
+namespace {
+template <int E, int G>
+void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads,
+                  int64_t n_kv_heads, const int32_t* positions, const int32_t* slots, int32_t window, int max_splits,
+                  float* out, float* scratch, int* counters, cudaStream_t stream) {
+  const int hd = static_cast<int>(kv.layout.head_dim);
+  const int64_t group = n_heads / n_kv_heads;
+  const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
+                  static_cast<unsigned>(n_tokens));
+  attend_split_kernel<E, G><<<grid, 128, static_cast<size_t>(4 * G * hd) * sizeof(float), stream>>>(
+      kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
+      1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out);
+}
+}  // namespace
+
 void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
                const int32_t* positions, const int32_t* slots, bool single_sequence, int32_t window, int64_t max_context,
-               float* out, float* scratch, cudaStream_t stream) {
+               float* out, float* scratch, int* counters, cudaStream_t stream) {
   if (n_tokens == 0) return;
   const int hd = static_cast<int>(kv.layout.head_dim);
   if (single_sequence && n_tokens > kMaxGemvTokens && (hd == 64 || hd == 128)) {
@@ -499,19 +616,19 @@ void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tok
     else launch_flash<128>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, out, stream);
     return;
   }
-  const int group = static_cast<int>(n_heads / n_kv_heads);
-  const int per_block = std::min(group, kMaxGroup);
   const int max_splits = static_cast<int>((max_context + kSplit - 1) / kSplit);
-  const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / per_block)), static_cast<unsigned>(max_splits),
-                  static_cast<unsigned>(n_tokens));
-  const size_t smem = static_cast<size_t>(4 * per_block * hd) * sizeof(float);
-  attend_split_kernel<<<grid, 128, smem, stream>>>(kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
-                                                   hd, positions, slots, window, max_splits,
-                                                   1.0f / sqrtf(static_cast<float>(hd)), scratch);
-  const bool rot = kv.layout.type == KvType::q4 && hd >= 16 && (hd & (hd - 1)) == 0;
-  attend_combine_kernel<<<dim3(static_cast<unsigned>(n_heads), static_cast<unsigned>(n_tokens)), static_cast<unsigned>(hd),
-                          static_cast<size_t>(hd) * sizeof(float), stream>>>(positions, static_cast<int>(n_heads), hd,
-                                                                            window, max_splits, rot, scratch, out);
+  const int64_t group = n_heads / n_kv_heads;
+  // Heads per block: the largest of 8, 4, 2, 1 that divides the group.
+  const int g_per_block = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  by_elements(hd, [&](auto e) {
+    constexpr int E = decltype(e)::value;
+    switch (g_per_block) {
+      case 8: launch_split<E, 8>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
+      case 4: launch_split<E, 4>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
+      case 2: launch_split<E, 2>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
+      default: launch_split<E, 1>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
+    }
+  });
 }
 
 }  // namespace kvant::cuda

@@ -28,6 +28,9 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream);
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
                 cudaStream_t stream);
+// rms_norm, and the normalized rows quantized as quantize_acts would (q: act_bytes(n) per row).
+void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
+                       cudaStream_t stream);
 // out = x rotated per head at each token's position (out may equal x).
 void rope(const float* x, float* out, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
           const float* inv_freq, cudaStream_t stream);
@@ -55,16 +58,22 @@ struct DeviceKv {
 // kernels/layout.h (q4 rows Hadamard-rotated, with the scale search).
 void kv_store(const DeviceKv& kv, uint32_t layer, const float* k, const float* v, int64_t n, const int32_t* positions,
               const int32_t* slots, const float* inv_freq, cudaStream_t stream);
+// The same, and in the same launch q_out = RoPE(q) for the n × n_heads query rows.
+void rope_store(const DeviceKv& kv, uint32_t layer, const float* q, float* q_out, int64_t n_heads, const float* k,
+                const float* v, int64_t n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                cudaStream_t stream);
 
 // Attention of n query tokens (n × n_heads × head_dim) over their sequences' cached
 // positions [max(0, pos - window + 1), pos] (window 0: all). Batches of one sequence
 // with more than kMaxGemvTokens tokens and head_dim 64 or 128 use a tensor-core
 // flash-attention kernel (causal, GQA); the rest split-K flash-decoding (scratch:
 // attention_scratch_floats). max_context bounds every token's position + 1.
+// counters: attention_counters ints, zero before the first call (the kernel leaves them zero).
 size_t attention_scratch_floats(int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t max_context);
+size_t attention_counters(int64_t n_tokens, int64_t n_heads);
 void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads,
                int64_t n_kv_heads, const int32_t* positions, const int32_t* slots, bool single_sequence,
-               int32_t window, int64_t max_context, float* out, float* scratch, cudaStream_t stream);
+               int32_t window, int64_t max_context, float* out, float* scratch, int* counters, cudaStream_t stream);
 
 // ---- matmul -----------------------------------------------------------------------------
 
@@ -78,10 +87,17 @@ void quantize_acts(const float* x, int64_t n, int64_t k, uint8_t* out, cudaStrea
 constexpr int64_t kMaxGemvTokens = 8;
 void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, float* y, int64_t ldy, bool accumulate,
           cudaStream_t stream);
+// Up to three matrices of one input, dtype and row length in one launch (q, k, v); y[i]
+// is [n, w[i].rows]; bias[i] may be null.
+void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
+                const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream);
+// out = silu(gate · x) * (up · x) for n ≤ 8 tokens, one launch.
+void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n, float* out,
+                cudaStream_t stream);
 
-// Prefill GEMM through cuBLAS tensor cores: quantized and f32 weights are first
-// dequantized to f16 into a scratch buffer, activations converted to f16 (bf16 for bf16
-// weights). One per stream; not thread safe.
+// Prefill GEMM through cuBLAS tensor cores: quantized weights are first dequantized to
+// f16 into a scratch buffer, activations converted to f16 (bf16 for bf16 weights); f32
+// weights multiply in f32. One per stream; not thread safe.
 class Gemm {
  public:
   Gemm();

@@ -57,6 +57,32 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = row[i] * inv * w[i];
 }
 
+// rms_norm, then the int8 records of matmul.cu's quantize_acts from the same values.
+__global__ void rms_norm_quantize_kernel(const float* x, const float* w, int64_t n, float eps, float* out, uint8_t* q,
+                                         size_t q_stride) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * n;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
+  ss = block_sum(ss, shared);
+  const float inv = rsqrtf(ss / static_cast<float>(n) + eps);
+  uint8_t* rec = q + blockIdx.x * q_stride;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  for (int64_t b = warp; b < n / 32; b += warps) {
+    const int64_t i = b * 32 + lane;
+    const float v = row[i] * inv * w[i];
+    out[blockIdx.x * n + i] = v;
+    const float d = warp_max(fabsf(v)) / 127.0f;
+    const int qv = __float2int_rn(v * (d > 0.0f ? 1.0f / d : 0.0f));
+    reinterpret_cast<int8_t*>(rec)[i] = static_cast<int8_t>(qv);
+    int s = qv;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) reinterpret_cast<float*>(rec + n)[b] = d;
+    if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + n + (n / 32) * 4)[b * 2 + lane / 16] = s;
+  }
+}
+
 __global__ void layer_norm_kernel(const float* x, const float* w, const float* b, int64_t n, float eps, float* out) {
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
@@ -132,6 +158,12 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
   if (rows == 0) return;
   rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, n, eps, out);
+}
+
+void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
+                       cudaStream_t stream) {
+  if (rows == 0) return;
+  rms_norm_quantize_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, n, eps, out, q, act_bytes(n));
 }
 
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
