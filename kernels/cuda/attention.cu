@@ -13,7 +13,7 @@ namespace kvant::cuda {
 
 namespace {
 
-constexpr int kSplit = 256;      // positions per split-K block
+constexpr int kSplit = 64;       // positions per split-K block
 
 // E = elements per lane: 1 (head_dim ≤ 32), 2 (64), 4 (128) or 8 (256), a template
 // parameter so that every per-lane array stays in registers.

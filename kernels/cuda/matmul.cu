@@ -47,105 +47,134 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + k + (k / 32) * 4)[warp * 2 + lane / 16] = s;
 }
 
-__device__ __forceinline__ uint4 load_nc(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
-// Lane partial sums of row `row` of W against NT tokens: the lane takes 16-byte chunks
-// lane, lane + 32, ... of the row, several loads in flight (unrolled).
+// Lane partial sums of R rows [row, row + R) of W against NT tokens: the lane takes
+// 16-byte chunks lane, lane + 32, ... of each row, the R rows' loads issued together
+// (and several chunks in flight, unrolled) so that enough bytes are in flight to keep
+// HBM busy. Weights stream through once (ld.global.cs); activations stay in L1.
 //
 // q4: chunk c is half h = c % 2 of group g = c / 2, bytes [32g + 16h, +16): elements
 // 64g + 16h + [0, 16) in the low nibbles, 64g + 32 + 16h + [0, 16) in the high ones
 // (FORMAT.md 6.2); nibbles are unsigned, the +8 is removed with the activations' sums.
 // q8: chunk c holds elements [16c, 16c + 16) of block c / 2.
-template <DType D, int NT>
+__device__ __forceinline__ uint4 load_stream(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+
+template <DType D, int R, int NT>
 __device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t k, int64_t row, int lane,
-                                        const uint8_t* xq, size_t act_stride, const float* x, float* acc) {
+                                        const uint8_t* xq, size_t act_stride, const float* x, float (*acc)[NT]) {
   if constexpr (D == DType::q4) {
-    const uint8_t* wrow = w + row * (k / 2);
-    const __half* scales = reinterpret_cast<const __half*>(w + rows * (k / 2)) + row * (k / 32);
-#pragma unroll 4
-    for (int64_t c = lane; c < k / 32; c += kWarp) {
-      const uint4 packed = load_nc(wrow + c * 16);
-      const int64_t g = c / 2, h = c % 2;
-      const float2 sw = __half22float2(*reinterpret_cast<const __half2*>(scales + 2 * g));
-      const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-      const int64_t lo_elem = 64 * g + 16 * h, hi_elem = lo_elem + 32;
+    const __half* scale_base = reinterpret_cast<const __half*>(w + rows * (k / 2));
+    const int chunks = static_cast<int>(k / 32);
+#pragma unroll 2
+    for (int c = lane; c < chunks; c += kWarp) {
+      uint4 packed[R];
+      float2 sw[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        packed[i] = load_stream(w + (row + i) * (k / 2) + static_cast<int64_t>(c) * 16);
+        sw[i] = __half22float2(*reinterpret_cast<const __half2*>(scale_base + (row + i) * (k / 32) + 2 * (c / 2)));
+      }
+      const int g = c / 2, h = c % 2;
+      const int lo_elem = 64 * g + 16 * h, hi_elem = lo_elem + 32;
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const ActView xa = act_view(xq, k, t, act_stride);
         const uint4 xl = *reinterpret_cast<const uint4*>(xa.q + lo_elem);
         const uint4 xh = *reinterpret_cast<const uint4*>(xa.q + hi_elem);
-        const int xls[4] = {static_cast<int>(xl.x), static_cast<int>(xl.y), static_cast<int>(xl.z), static_cast<int>(xl.w)};
-        const int xhs[4] = {static_cast<int>(xh.x), static_cast<int>(xh.y), static_cast<int>(xh.z), static_cast<int>(xh.w)};
-        int dl = 0, dh = 0;
+        const int sl = 8 * xa.sum16[lo_elem / 16], sh = 8 * xa.sum16[hi_elem / 16];
+        const float xsl = xa.scale[2 * g], xsh = xa.scale[2 * g + 1];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          dl = __dp4a(static_cast<int>(words[j] & 0x0f0f0f0fu), xls[j], dl);
-          dh = __dp4a(static_cast<int>((words[j] >> 4) & 0x0f0f0f0fu), xhs[j], dh);
+        for (int i = 0; i < R; ++i) {
+          const uint32_t words[4] = {packed[i].x, packed[i].y, packed[i].z, packed[i].w};
+          const int xls[4] = {static_cast<int>(xl.x), static_cast<int>(xl.y), static_cast<int>(xl.z), static_cast<int>(xl.w)};
+          const int xhs[4] = {static_cast<int>(xh.x), static_cast<int>(xh.y), static_cast<int>(xh.z), static_cast<int>(xh.w)};
+          int dl = 0, dh = 0;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            dl = __dp4a(static_cast<int>(words[j] & 0x0f0f0f0fu), xls[j], dl);
+            dh = __dp4a(static_cast<int>((words[j] >> 4) & 0x0f0f0f0fu), xhs[j], dh);
+          }
+          acc[i][t] += static_cast<float>(dl - sl) * sw[i].x * xsl + static_cast<float>(dh - sh) * sw[i].y * xsh;
         }
-        dl -= 8 * xa.sum16[lo_elem / 16];
-        dh -= 8 * xa.sum16[hi_elem / 16];
-        acc[t] += static_cast<float>(dl) * sw.x * xa.scale[2 * g] + static_cast<float>(dh) * sw.y * xa.scale[2 * g + 1];
       }
     }
   } else if constexpr (D == DType::q8) {
-    const uint8_t* wrow = w + row * k;
-    const __half* scales = reinterpret_cast<const __half*>(w + rows * k) + row * (k / 32);
-#pragma unroll 4
-    for (int64_t c = lane; c < k / 16; c += kWarp) {
-      const uint4 q = load_nc(wrow + c * 16);
-      const float sw = __half2float(scales[c / 2]);
+    const __half* scale_base = reinterpret_cast<const __half*>(w + rows * k);
+    const int chunks = static_cast<int>(k / 16);
+#pragma unroll 2
+    for (int c = lane; c < chunks; c += kWarp) {
+      uint4 q[R];
+      float sw[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        q[i] = load_stream(w + (row + i) * k + static_cast<int64_t>(c) * 16);
+        sw[i] = __half2float(scale_base[(row + i) * (k / 32) + c / 2]);
+      }
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const ActView xa = act_view(xq, k, t, act_stride);
         const uint4 xv = *reinterpret_cast<const uint4*>(xa.q + c * 16);
-        int d = __dp4a(static_cast<int>(q.x), static_cast<int>(xv.x), 0);
-        d = __dp4a(static_cast<int>(q.y), static_cast<int>(xv.y), d);
-        d = __dp4a(static_cast<int>(q.z), static_cast<int>(xv.z), d);
-        d = __dp4a(static_cast<int>(q.w), static_cast<int>(xv.w), d);
-        acc[t] += static_cast<float>(d) * sw * xa.scale[c / 2];
+        const float xs = xa.scale[c / 2];
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          int d = __dp4a(static_cast<int>(q[i].x), static_cast<int>(xv.x), 0);
+          d = __dp4a(static_cast<int>(q[i].y), static_cast<int>(xv.y), d);
+          d = __dp4a(static_cast<int>(q[i].z), static_cast<int>(xv.z), d);
+          d = __dp4a(static_cast<int>(q[i].w), static_cast<int>(xv.w), d);
+          acc[i][t] += static_cast<float>(d) * sw[i] * xs;
+        }
       }
     }
   } else {
     constexpr int kPer = D == DType::f32 ? 4 : 8;  // elements per 16 bytes
-    const uint8_t* wrow = w + row * k * (D == DType::f32 ? 4 : 2);
-    const int64_t full = k / kPer;
-#pragma unroll 4
-    for (int64_t c = lane; c < full; c += kWarp) {
-      const uint4 v = load_nc(wrow + c * 16);
-      float wf[kPer];
-      if constexpr (D == DType::f32) {
-        wf[0] = __uint_as_float(v.x);
-        wf[1] = __uint_as_float(v.y);
-        wf[2] = __uint_as_float(v.z);
-        wf[3] = __uint_as_float(v.w);
-      } else {
-        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    constexpr int kBytes = D == DType::f32 ? 4 : 2;
+    const int full = static_cast<int>(k / kPer);
+#pragma unroll 2
+    for (int c = lane; c < full; c += kWarp) {
+      uint4 v[R];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if constexpr (D == DType::f16) {
-            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
-            wf[2 * j] = f.x;
-            wf[2 * j + 1] = f.y;
-          } else {
-            wf[2 * j] = __uint_as_float(words[j] << 16);
-            wf[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+      for (int i = 0; i < R; ++i) v[i] = load_stream(w + (row + i) * k * kBytes + static_cast<int64_t>(c) * 16);
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        float wf[kPer];
+        if constexpr (D == DType::f32) {
+          wf[0] = __uint_as_float(v[i].x);
+          wf[1] = __uint_as_float(v[i].y);
+          wf[2] = __uint_as_float(v[i].z);
+          wf[3] = __uint_as_float(v[i].w);
+        } else {
+          const uint32_t words[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if constexpr (D == DType::f16) {
+              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+              wf[2 * j] = f.x;
+              wf[2 * j + 1] = f.y;
+            } else {
+              wf[2 * j] = __uint_as_float(words[j] << 16);
+              wf[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+            }
           }
         }
-      }
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const float* xr = x + t * k + c * kPer;
+        for (int t = 0; t < NT; ++t) {
+          const float* xr = x + t * k + static_cast<int64_t>(c) * kPer;
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[t] += wf[j] * xr[j];
+          for (int j = 0; j < kPer; ++j) acc[i][t] += wf[j] * xr[j];
+        }
       }
     }
-    for (int64_t e = full * kPer + lane; e < k; e += kWarp) {  // rows whose length is not a multiple of kPer
-      float wv;
-      if constexpr (D == DType::f32) wv = reinterpret_cast<const float*>(wrow)[e];
-      else if constexpr (D == DType::f16) wv = __half2float(reinterpret_cast<const __half*>(wrow)[e]);
-      else wv = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(wrow)[e]);
+    for (int64_t e = static_cast<int64_t>(full) * kPer + lane; e < k; e += kWarp) {  // a row tail (length % kPer)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) acc[t] += wv * x[t * k + e];
+      for (int i = 0; i < R; ++i) {
+        const uint8_t* wrow = w + (row + i) * k * kBytes;
+        float wv;
+        if constexpr (D == DType::f32) wv = reinterpret_cast<const float*>(wrow)[e];
+        else if constexpr (D == DType::f16) wv = __half2float(reinterpret_cast<const __half*>(wrow)[e]);
+        else wv = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(wrow)[e]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[i][t] += wv * x[t * k + e];
+      }
     }
   }
 }
@@ -161,27 +190,33 @@ struct GemvTargets {
   int count;
 };
 
-template <DType D, int NT>
+// Rows per warp: two while the matrix keeps every SM busy, else one.
+
+template <DType D, int R, int NT>
 __global__ void __launch_bounds__(128) gemv_kernel(GemvTargets tg, int64_t k, const uint8_t* xq, size_t act_stride,
                                                    const float* x, bool accumulate) {
   int m = 0;
   while (m + 1 < tg.count && blockIdx.x >= tg.block_end[m]) ++m;
   const int64_t first = m == 0 ? 0 : tg.block_end[m - 1];
-  const int64_t row = (blockIdx.x - first) * 4 + threadIdx.x / kWarp;
+  const int64_t row = ((blockIdx.x - first) * 4 + threadIdx.x / kWarp) * R;
   const int lane = threadIdx.x % kWarp;
-  if (row >= tg.rows[m]) return;
-  float acc[NT];
+  if (row >= tg.rows[m]) return;  // rows are a multiple of R (checked on the host)
+  float acc[R][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-  row_dot<D, NT>(tg.w[m], tg.rows[m], k, row, lane, xq, act_stride, x, acc);
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
+  row_dot<D, R, NT>(tg.w[m], tg.rows[m], k, row, lane, xq, act_stride, x, acc);
   const int64_t ldy = tg.rows[m];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    float v = warp_sum(acc[t]);
-    if (tg.bias[m]) v += tg.bias[m][row];
-    float* y = tg.y[m] + t * ldy + row;
-    if (lane == 0) *y = accumulate ? *y + v : v;
-  }
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float v = warp_sum(acc[i][t]);
+      if (tg.bias[m]) v += tg.bias[m][row + i];
+      float* y = tg.y[m] + t * ldy + row + i;
+      if (lane == 0) *y = accumulate ? *y + v : v;
+    }
 }
 
 // out[t][r] = silu(G[r] · x_t) · (U[r] · x_t): one warp computes both rows.
@@ -191,29 +226,29 @@ __global__ void __launch_bounds__(128) gemv_gated_kernel(const uint8_t* gate, co
   const int64_t row = blockIdx.x * 4 + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;
-  float g[NT], u[NT];
+  float g[1][NT], u[1][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) g[t] = u[t] = 0.0f;
-  row_dot<D, NT>(gate, rows, k, row, lane, xq, act_stride, x, g);
-  row_dot<D, NT>(up, rows, k, row, lane, xq, act_stride, x, u);
+  for (int t = 0; t < NT; ++t) g[0][t] = u[0][t] = 0.0f;
+  row_dot<D, 1, NT>(gate, rows, k, row, lane, xq, act_stride, x, g);
+  row_dot<D, 1, NT>(up, rows, k, row, lane, xq, act_stride, x, u);
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    const float gv = warp_sum(g[t]), uv = warp_sum(u[t]);
+    const float gv = warp_sum(g[0][t]), uv = warp_sum(u[0][t]);
     if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
   }
 }
 
-template <int NT>
+template <int R, int NT>
 void launch_gemv(DType dtype, const GemvTargets& tg, int64_t k, const uint8_t* xq, const float* x, bool accumulate,
                  cudaStream_t s) {
   const auto grid = static_cast<unsigned>(tg.block_end[tg.count - 1]);
   const size_t stride = act_bytes(k);
   switch (dtype) {
-    case DType::q4: gemv_kernel<DType::q4, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::q8: gemv_kernel<DType::q8, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::f16: gemv_kernel<DType::f16, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::bf16: gemv_kernel<DType::bf16, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::f32: gemv_kernel<DType::f32, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::q4: gemv_kernel<DType::q4, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::q8: gemv_kernel<DType::q8, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::f16: gemv_kernel<DType::f16, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::bf16: gemv_kernel<DType::bf16, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::f32: gemv_kernel<DType::f32, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
   }
 }
 
@@ -321,6 +356,15 @@ void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, f
 
 void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                 const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream) {
+  // Two rows per warp when every matrix has an even number of rows and enough of them
+  // to fill the GPU (more bytes in flight per warp); one row otherwise.
+  int64_t total = 0;
+  bool even = true;
+  for (int i = 0; i < count; ++i) {
+    total += w[i]->rows;
+    even = even && w[i]->rows % 2 == 0;
+  }
+  const int r = even && total >= 4096 && n <= 2 ? 2 : 1;
   GemvTargets tg{};
   tg.count = count;
   int64_t blocks = 0;
@@ -329,10 +373,14 @@ void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* cons
     tg.rows[i] = w[i]->rows;
     tg.y[i] = y[i];
     tg.bias[i] = bias[i];
-    blocks += (w[i]->rows + 3) / 4;
+    blocks += (w[i]->rows + 4 * r - 1) / (4 * r);
     tg.block_end[i] = blocks;
   }
-  by_tokens(n, [&](auto nt) { launch_gemv<decltype(nt)::value>(w[0]->dtype, tg, w[0]->cols, xq, x, accumulate, stream); });
+  by_tokens(n, [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    if (r == 2) launch_gemv<2, NT>(w[0]->dtype, tg, w[0]->cols, xq, x, accumulate, stream);
+    else launch_gemv<1, NT>(w[0]->dtype, tg, w[0]->cols, xq, x, accumulate, stream);
+  });
 }
 
 void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n, float* out,

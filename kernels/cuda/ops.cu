@@ -47,7 +47,7 @@ __global__ void select_rows_kernel(const float* in, const int32_t* rows, int64_t
 }
 
 // One block per row.
-__global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* out) {
+__global__ void __launch_bounds__(1024) rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* out) {
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
   float ss = 0.0f;
@@ -58,26 +58,39 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int64_t n, float
 }
 
 // rms_norm, then the int8 records of matmul.cu's quantize_acts from the same values.
-__global__ void rms_norm_quantize_kernel(const float* x, const float* w, int64_t n, float eps, float* out, uint8_t* q,
-                                         size_t q_stride) {
+// 1024 threads; thread i holds elements i + 1024j in registers (n ≤ 8192), so one warp
+// holds whole blocks of 32 and nothing is read twice.
+constexpr int kNormThreads = 1024, kNormPer = 8;
+__global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const float* x, const float* w, int64_t n,
+                                                                         float eps, float* out, uint8_t* q,
+                                                                         size_t q_stride) {
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
+  float v[kNormPer];
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kNormThreads;
+    v[j] = i < n ? row[i] : 0.0f;
+    ss += v[j] * v[j];
+  }
   ss = block_sum(ss, shared);
   const float inv = rsqrtf(ss / static_cast<float>(n) + eps);
   uint8_t* rec = q + blockIdx.x * q_stride;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
-  for (int64_t b = warp; b < n / 32; b += warps) {
-    const int64_t i = b * 32 + lane;
-    const float v = row[i] * inv * w[i];
-    out[blockIdx.x * n + i] = v;
-    const float d = warp_max(fabsf(v)) / 127.0f;
-    const int qv = __float2int_rn(v * (d > 0.0f ? 1.0f / d : 0.0f));
+  const int lane = threadIdx.x % kWarp;
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kNormThreads;
+    if (i - lane >= n) break;  // whole warps leave together (n % 32 == 0)
+    const float val = v[j] * inv * w[i];
+    out[blockIdx.x * n + i] = val;
+    const float d = warp_max(fabsf(val)) / 127.0f;
+    const int qv = __float2int_rn(val * (d > 0.0f ? 1.0f / d : 0.0f));
     reinterpret_cast<int8_t*>(rec)[i] = static_cast<int8_t>(qv);
     int s = qv;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const int64_t b = i / 32;
     if (lane == 0) reinterpret_cast<float*>(rec + n)[b] = d;
     if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + n + (n / 32) * 4)[b * 2 + lane / 16] = s;
   }
@@ -157,13 +170,18 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
   if (rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, n, eps, out);
+  rms_norm_kernel<<<static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream>>>(x, w, n, eps, out);
 }
 
 void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
                        cudaStream_t stream) {
   if (rows == 0) return;
-  rms_norm_quantize_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, n, eps, out, q, act_bytes(n));
+  if (n > static_cast<int64_t>(kNormThreads) * kNormPer) {  // wider than the register cache
+    rms_norm(x, w, rows, n, eps, out, stream);
+    quantize_acts(out, rows, n, q, stream);
+    return;
+  }
+  rms_norm_quantize_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(x, w, n, eps, out, q, act_bytes(n));
 }
 
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
