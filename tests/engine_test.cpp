@@ -81,28 +81,46 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
-// Logits against transformers in float32. With an f32 KV cache the engine computes
-// what transformers computes (differences ~1e-5: float summation order). The f16 KV
-// cache rounds every key and value to binary16 (half an ulp is 2e-3 at 4, and these
-// fixtures' activations are O(1) by design), which bounds the f16 KV rows; F16 weights
-// are exact for the fixtures stored in f16/bf16 and rounded for the f32 ones (mistral,
-// gpt2).
+// transformers' float32 logits for the golden tokens with the fixture's weights and
+// keys/values rounded as kvant stores them (tools/make-precision-goldens): matrices to
+// binary16 for --dtype f16, and keys/values to binary16 in an f16 KV cache.
+// golden_logits.f32 when no rounding applies.
+std::vector<float> reference_logits(const std::string& name, DType weights, KvType kv) {
+  const std::string dir = test::fixture_dir(name);
+  std::string file = "golden_logits";
+  if (weights == DType::f16 && test::file_exists(dir + "/golden_logits_w16.f32")) file += "_w16";
+  if (kv == KvType::f16) file += "_kv16";
+  const auto bytes = test::read_file(dir + "/" + file + ".f32");
+  std::vector<float> logits(bytes.size() / 4);
+  std::memcpy(logits.data(), bytes.data(), bytes.size());
+  return logits;
+}
+
+// Logits against transformers in float32, at every position, for F32 and F16 weights
+// and F32 and F16 KV, against the reference computed at the same storage precision:
+// with an F32 cache the engine agrees to ~5e-6 (float summation order; bound 1e-4);
+// with an F16 cache a last-bit difference in a key or value before rounding can flip
+// its binary16 rounding, one ulp, so the agreement is ~1e-4 (bound 1e-3). Against
+// the unrounded float32 model, the binary16 roundings themselves move these fixtures'
+// logits (O(1) weights by design) by up to ~8e-3, in transformers as in kvant; that
+// distance is printed and bounded too.
 TEST(Engine, LogitsMatchTransformers) {
   for (const char* name : kFixtures) {
     const Golden g = load_golden(name);
-    const bool f32_source = std::string(name) == "mistral" || std::string(name) == "gpt2";
     for (DType dtype : {DType::f32, DType::f16}) {
       for (KvType kv : {KvType::f32, KvType::f16}) {
         ContextOptions o;
         o.kv_type = kv;
         auto ctx = make_context(model_file(name, dtype), o);
-        const double err = max_abs_diff(logits_of(*ctx, g.tokens), g.logits);
-        std::printf("%-8s %s weights, %s KV: max |logit - transformers| = %.2e over %zu positions\n", name,
-                    std::string(dtype_name(dtype)).c_str(), std::string(kv_type_name(kv)).c_str(), err,
-                    g.tokens.size());
-        const bool exact_weights = dtype == DType::f32 || !f32_source;
-        const double bound = kv == KvType::f32 ? (exact_weights ? 1e-4 : 2e-2) : 1e-2;
-        EXPECT_LT(err, bound) << name << " " << dtype_name(dtype) << " weights, " << kv_type_name(kv) << " KV";
+        const auto logits = logits_of(*ctx, g.tokens);
+        const double err = max_abs_diff(logits, reference_logits(name, dtype, kv));
+        const double rounding = max_abs_diff(logits, g.logits);
+        std::printf("%-8s %s weights, %s KV: max |logit - transformers| = %.2e over %zu positions "
+                    "(%.2e from the unrounded model)\n",
+                    name, std::string(dtype_name(dtype)).c_str(), std::string(kv_type_name(kv)).c_str(), err,
+                    g.tokens.size(), rounding);
+        EXPECT_LT(err, kv == KvType::f32 ? 1e-4 : 1e-3) << name << " " << dtype_name(dtype) << " weights, " << kv_type_name(kv) << " KV";
+        EXPECT_LT(rounding, 2e-2) << name << " " << dtype_name(dtype) << " weights, " << kv_type_name(kv) << " KV";
       }
     }
   }

@@ -25,13 +25,28 @@ std::string bin_dir() {
 }
 std::string fixture_dir(const std::string& name) { return data_dir() + "/fixtures/" + name; }
 
-std::string temp_dir() {
-  static const std::string dir = [] {
+namespace {
+// One directory per test process, removed when the process exits normally
+// (KVANT_KEEP_TEST_DIR=1 keeps it for a post-mortem).
+struct ProcessTempDir {
+  std::string path;
+  ProcessTempDir() {
     std::string pattern = (fs::temp_directory_path() / "kvant-test-XXXXXX").string();
     if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
-    return pattern;
-  }();
-  return dir;
+    path = pattern;
+  }
+  ~ProcessTempDir() {
+    const char* keep = std::getenv("KVANT_KEEP_TEST_DIR");
+    if (keep && *keep && *keep != '0') return;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+}  // namespace
+
+std::string temp_dir() {
+  static const ProcessTempDir dir;
+  return dir.path;
 }
 
 std::string default_model_dir() {
