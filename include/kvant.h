@@ -55,6 +55,7 @@ typedef struct kvant_model_options {
   const char* device;   /* "cpu" (default) or "cuda" */
   int gpu_layers;       /* with "cuda": layers on the GPU, the rest on the CPU; -1 (default) all */
   int verify_checksums; /* check every tensor's checksum while loading (reads the whole file) */
+  int progress;         /* with "cuda": a progress bar on stderr while weights upload */
 } kvant_model_options;
 
 void kvant_model_options_init(kvant_model_options* options);
@@ -136,8 +137,13 @@ void kvant_session_stats_reset(kvant_session* session);
  * and renamed, so an interrupted save leaves nothing half written. */
 kvant_status kvant_session_save(const kvant_session* session, const char* path);
 /* Restores a saved session into this one (same model file, KV type and a context that
- * holds its tokens). Evaluate a token next to get logits. */
+ * holds its tokens), with its user data. kvant_session_sync with the restored tokens
+ * (kvant_session_tokens) evaluates only the last one, to get logits. */
 kvant_status kvant_session_load(kvant_session* session, const char* path);
+/* Bytes the application keeps with the session (kvant-chat keeps its conversation):
+ * saved by kvant_session_save, replaced by kvant_session_load. */
+kvant_status kvant_session_set_user_data(kvant_session* session, const void* data, size_t size);
+const void* kvant_session_user_data(const kvant_session* session, size_t* size);
 
 /* ---- sampling and generation ---------------------------------------------------- */
 

@@ -15,6 +15,9 @@
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 #include "runtime/tokenizer.h"
+#if KVANT_HAVE_CUDA
+#include "runtime/cuda_backend.h"
+#endif
 
 using namespace kvant;
 
@@ -23,6 +26,11 @@ struct kvant_model {
   std::unique_ptr<Tokenizer> tokenizer;  // null when the file has none (synthetic models)
   std::string tokenizer_error;
   std::string name, arch;
+  Device device = Device::cpu;
+  int gpu_layers = -1;
+#if KVANT_HAVE_CUDA
+  std::shared_ptr<const CudaWeights> cuda_weights;  // uploaded once, shared by the sessions
+#endif
   mutable std::mutex templates_mutex;    // guards the lazily built templates
   mutable std::unique_ptr<ChatTemplate> file_template;
 };
@@ -30,6 +38,7 @@ struct kvant_model {
 struct kvant_session {
   kvant_model* model;
   std::unique_ptr<Session> session;
+  std::string user_data;  // saved with the session, restored by kvant_session_load
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
 };
@@ -143,6 +152,7 @@ void kvant_model_options_init(kvant_model_options* o) {
   o->device = "cpu";
   o->gpu_layers = -1;
   o->verify_checksums = 0;
+  o->progress = 0;
 }
 
 kvant_status kvant_model_load(const char* path, const kvant_model_options* options, kvant_model** out) {
@@ -152,12 +162,29 @@ kvant_status kvant_model_load(const char* path, const kvant_model_options* optio
     kvant_model_options o;
     kvant_model_options_init(&o);
     if (options) o = *options;
-    if (o.device && std::strcmp(o.device, "cpu") != 0)
-      return fail(KVANT_ERR_UNSUPPORTED, fmt::format("device '{}' is not available in this build (cpu)", o.device));
+    const std::string device = o.device && *o.device ? o.device : "cpu";
+    if (device != "cpu" && device != "cuda")
+      return fail(KVANT_ERR_INVALID_ARGUMENT, fmt::format("unknown device '{}' (cpu, cuda)", device));
+#if !KVANT_HAVE_CUDA
+    if (device == "cuda")
+      return fail(KVANT_ERR_UNSUPPORTED, "device 'cuda' is not available: this build has no CUDA backend");
+#endif
     auto model = Model::load(path, o.verify_checksums != 0);
     if (!model) return fail(model.status());
     auto m = std::make_unique<kvant_model>();
     m->model = std::move(model).value();
+#if KVANT_HAVE_CUDA
+    if (device == "cuda") {
+      std::string gpu;
+      if (!cuda_available(&gpu)) return fail(KVANT_ERR_UNSUPPORTED, "device 'cuda': no usable CUDA GPU found");
+      const int layers = static_cast<int>(m->model->config().n_layers);
+      m->device = Device::cuda;
+      m->gpu_layers = o.gpu_layers < 0 || o.gpu_layers > layers ? layers : o.gpu_layers;
+      auto uploaded = CudaWeights::upload(*m->model, m->gpu_layers, o.progress != 0);
+      if (!uploaded) return fail(uploaded.status());
+      m->cuda_weights = std::move(uploaded).value();
+    }
+#endif
     const Metadata& meta = m->model->file().metadata();
     m->name = std::string(meta.get_string_or("general.name", "model").value());
     m->arch = std::string(arch_name(m->model->config().arch));
@@ -265,6 +292,11 @@ kvant_status kvant_session_create(kvant_model* m, const kvant_session_options* o
     auto kv = kv_type_from_name(o.kv_type ? o.kv_type : "f16");
     if (!kv) return fail(KVANT_ERR_INVALID_ARGUMENT, fmt::format("unknown KV type '{}' (f16, q8, q4)", o.kv_type));
     c.kv_type = *kv;
+    c.device = m->device;
+    c.gpu_layers = m->gpu_layers;
+#if KVANT_HAVE_CUDA
+    c.cuda_weights = m->cuda_weights;
+#endif
     auto session = Session::create(m->model, c);
     if (!session) return fail(session.status());
     auto s = std::make_unique<kvant_session>();
@@ -336,7 +368,7 @@ void kvant_session_stats_reset(kvant_session* s) {
 kvant_status kvant_session_save(const kvant_session* s, const char* path) {
   if (!s || !path) return fail(KVANT_ERR_INVALID_ARGUMENT, "kvant_session_save: NULL session or path");
   return guarded([&] {
-    const Status st = s->session->save(path);
+    const Status st = s->session->save(path, s->user_data);
     return st ? ok() : fail(st);
   });
 }
@@ -344,9 +376,25 @@ kvant_status kvant_session_save(const kvant_session* s, const char* path) {
 kvant_status kvant_session_load(kvant_session* s, const char* path) {
   if (!s || !path) return fail(KVANT_ERR_INVALID_ARGUMENT, "kvant_session_load: NULL session or path");
   return guarded([&] {
-    const Status st = s->session->load(path);
-    return st ? ok() : fail(st);
+    std::string data;
+    const Status st = s->session->load(path, &data);
+    if (!st) return fail(st);
+    s->user_data = std::move(data);
+    return ok();
   });
+}
+
+kvant_status kvant_session_set_user_data(kvant_session* s, const void* data, size_t size) {
+  if (!s || (!data && size > 0)) return fail(KVANT_ERR_INVALID_ARGUMENT, "kvant_session_set_user_data: NULL argument");
+  return guarded([&] {
+    s->user_data.assign(static_cast<const char*>(data), size);
+    return ok();
+  });
+}
+
+const void* kvant_session_user_data(const kvant_session* s, size_t* size) {
+  if (size) *size = s ? s->user_data.size() : 0;
+  return s ? s->user_data.data() : nullptr;
 }
 
 void kvant_sampler_options_init(kvant_sampler_options* o, const kvant_model* m) {

@@ -16,6 +16,7 @@ namespace {
 // Session file, little-endian:
 //   u8[8] magic "KVSESS\0\n"; u32 version (1); u32 kv type; u32 n_layers, n_kv_heads,
 //   head_dim, page_tokens; u64 model header checksum; u64 n_tokens; i32 tokens[n];
+//   u64 n_app; u8 app_data[n_app] (the application's, e.g. kvant-chat's conversation);
 //   u64 n_pages; n_pages × page_bytes of KV pages; u64 XXH3-64 of all bytes before it.
 constexpr char kMagic[8] = {'K', 'V', 'S', 'E', 'S', 'S', 0, '\n'};
 constexpr uint32_t kVersion = 1;
@@ -69,6 +70,12 @@ Result<SessionFileInfo> parse_session_file(std::span<const uint8_t> b, const KvL
   for (int32_t t : info.tokens)
     if (t < 0 || t >= vocab_size) return bad(fmt::format("token id {} is outside the vocabulary", t));
   off += n_tokens * 4;
+  if (off + 8 > b.size()) return bad("missing application data size");
+  info.app_data_size = get<uint64_t>(b.data() + off);
+  off += 8;
+  if (info.app_data_size > b.size() - off) return bad("application data extends past the end of the file");
+  info.app_data_offset = off;
+  off += info.app_data_size;
   if (off + 8 > b.size()) return bad("missing page count");
   info.n_pages = get<uint64_t>(b.data() + off);
   off += 8;
@@ -111,7 +118,7 @@ void Session::reset() {
   has_logits_ = false;
 }
 
-Status Session::save(const std::string& path) const {
+Status Session::save(const std::string& path, std::string_view app_data) const {
   const KvLayout& L = ctx_->kv_cache().layout();
   const auto& toks = tokens();
   std::vector<uint8_t> out;
@@ -125,6 +132,8 @@ Status Session::save(const std::string& path) const {
   put<uint64_t>(out, model().file().header_checksum());
   put<uint64_t>(out, toks.size());
   for (int32_t t : toks) put<int32_t>(out, t);
+  put<uint64_t>(out, app_data.size());
+  out.insert(out.end(), app_data.begin(), app_data.end());
   const uint64_t n_pages = (toks.size() + L.page_tokens - 1) / L.page_tokens;
   put<uint64_t>(out, n_pages);
   const auto& ids = ctx_->kv_cache().page_ids(seq_);
@@ -160,7 +169,7 @@ Status Session::save(const std::string& path) const {
   return Status::ok();
 }
 
-Status Session::load(const std::string& path) {
+Status Session::load(const std::string& path, std::string* app_data) {
   KVANT_ASSIGN_OR_RETURN(const auto mapping, MappedFile::open(path));
   KvCache& kv = ctx_->kv_cache();
   const KvLayout& L = kv.layout();
@@ -174,6 +183,9 @@ Status Session::load(const std::string& path) {
   for (uint64_t i = 0; i < info->n_pages; ++i)
     kv.import_page(ids[i], mapping->bytes().data() + info->pages_offset + i * L.page_bytes());
   kv.commit(seq_, info->tokens);
+  if (app_data)
+    app_data->assign(reinterpret_cast<const char*>(mapping->bytes().data() + info->app_data_offset),
+                     info->app_data_size);
   return Status::ok();
 }
 

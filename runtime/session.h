@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/context.h"
@@ -31,8 +32,11 @@ class Session {
   std::span<const float> logits() const;
   void reset();
 
-  Status save(const std::string& path) const;
-  Status load(const std::string& path);
+  // Writes the tokens, the KV pages and `app_data` (opaque bytes the application keeps
+  // with the session, e.g. a chat's messages) to a temporary file, then renames it.
+  Status save(const std::string& path, std::string_view app_data = {}) const;
+  // Restores a saved session; its application data goes to *app_data when given.
+  Status load(const std::string& path, std::string* app_data = nullptr);
 
  private:
   Session() = default;
@@ -45,6 +49,7 @@ class Session {
 // Every field is checked against the model and layout the session would load into.
 struct SessionFileInfo {
   std::vector<int32_t> tokens;
+  uint64_t app_data_offset = 0, app_data_size = 0;
   uint64_t pages_offset = 0;  // where the page data starts
   uint64_t n_pages = 0;
 };
