@@ -10,10 +10,6 @@ using nlohmann::ordered_json;
 
 namespace {
 
-// tokenizer_config.json's named special tokens, which transformers passes to templates.
-constexpr const char* kSpecialTokenNames[] = {"bos_token", "eos_token", "unk_token", "sep_token",
-                                              "pad_token", "cls_token", "mask_token"};
-
 std::string builtin_hint() {
   return fmt::format("kvant has built-in templates: {}; pick one with --chat-template NAME",
                      fmt::join(ChatTemplate::builtin_names(), ", "));
