@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
   std::string to_encode = input;
   bool add_special = !no_special;
   if (chat) {
-    const json messages = json::parse(input, nullptr, false);
+    const nlohmann::ordered_json messages = nlohmann::ordered_json::parse(input, nullptr, false);  // key order kept
     if (messages.is_discarded()) return fail("--chat: the input is not valid JSON");
     auto tmpl = template_name.empty() ? kvant::ChatTemplate::from_metadata((*file)->metadata())
                                       : kvant::ChatTemplate::builtin(template_name, (*file)->metadata());

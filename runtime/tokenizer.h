@@ -86,10 +86,12 @@ class Tokenizer {
 
 // Turns ids into text as they are generated. push() returns the text that the ids so
 // far make final: always whole UTF-8 characters, never a character cut in two (bytes
-// of an incomplete character are held back until it completes). Its concatenated
-// output equals decode() of all ids, because each step decodes with the previous
-// step's ids as context (decoders like SentencePiece's strip a leading space only at
-// the very start).
+// of an incomplete character are held back until it completes, up to 8 ids; flush()
+// gives what is still held, an incomplete character as U+FFFD). Each step decodes the
+// new ids with the previous step's ids as context, so the pieces join to decode() of
+// all ids (decoders like SentencePiece's strip a leading space only at the very start);
+// the one exception is an invalid byte sequence, which decode() may replace together
+// with a neighbouring character's bytes.
 class StreamingDecoder {
  public:
   explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false);

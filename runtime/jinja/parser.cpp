@@ -575,6 +575,8 @@ class Parser {
     if (args.size() == 1) {
       arg = std::move(args[0]);
     } else {
+      for (const ExprPtr& a : args)
+        if (a->kind == Expr::Kind::slice) fail("a slice inside a tuple subscript is not supported");
       arg = make(Expr::Kind::list, line);
       arg->tuple = true;
       arg->items = std::move(args);

@@ -477,6 +477,7 @@ class Renderer {
         return get_item(obj, eval(*e.items[0], scope));
       }
       case Expr::Kind::slice: {
+        if (!e.object) throw Error("a slice outside a subscript");
         const Value obj = eval(*e.object, scope);
         Value parts[3];
         for (size_t i = 0; i < 3 && i < e.items.size(); ++i)
