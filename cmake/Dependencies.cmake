@@ -5,6 +5,10 @@ find_package(OpenMP REQUIRED COMPONENTS CXX)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 2.0 REQUIRED)
 find_package(fmt 9 REQUIRED)
+# The tokenizer: PCRE2 runs the pre-tokenizer regexes (UTF mode, JIT), utf8proc does
+# Unicode normalization and character properties.
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 
 # xxHash is used header-only (XXH_INLINE_ALL): fast, and no shared library to carry.
 find_path(KVANT_XXHASH_INCLUDE_DIR xxhash.h REQUIRED)

@@ -229,6 +229,21 @@ Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& con
     t.eos_id = id_of(special("eos_token"));
     t.unk_id = id_of(special("unk_token"));
     t.pad_id = id_of(special("pad_token"));
+    // The named special tokens that transformers hands to chat templates (its
+    // special_tokens_map): tokenizer_config.json's, overridden by a legacy
+    // special_tokens_map.json when the config has no added_tokens_decoder.
+    json named = json::object();
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+      if (const auto content = special(key)) named[key] = *content;
+    const std::string stm_path = (fs::path(dir) / "special_tokens_map.json").string();
+    if (!tc.contains("added_tokens_decoder") && fs::exists(stm_path, ec)) {
+      KVANT_ASSIGN_OR_RETURN(const json stm, load_json(stm_path));
+      if (stm.is_object())
+        for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+          if (stm.contains(key))
+            if (const auto content = token_content(stm[key])) named[key] = *content;
+    }
+    t.special_tokens_json = named.dump();
     if (tc.contains("add_bos_token") && tc["add_bos_token"].is_boolean()) t.add_bos = tc["add_bos_token"].get<bool>();
     if (tc.contains("add_eos_token") && tc["add_eos_token"].is_boolean()) t.add_eos = tc["add_eos_token"].get<bool>();
     if (tc.contains("chat_template")) {
@@ -322,6 +337,7 @@ void TokenizerImport::to_metadata(KvantWriter& w) const {
   w.set("tokenizer.add_bos", add_bos);
   w.set("tokenizer.add_eos", add_eos);
   if (!chat_template.empty()) w.set("chat.template", chat_template);
+  w.set("chat.special_tokens_json", special_tokens_json);
   for (const auto& [name, text] : named_templates) {
     std::string key = "chat.template.";
     for (char c : name) key += (std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::tolower(c)) : '_');

@@ -27,6 +27,7 @@ struct TokenizerImport {
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
   bool add_bos = false, add_eos = false;
   std::string chat_template;                                     // the default template ("" if none)
+  std::string special_tokens_json = "{}";  // tokenizer_config.json's named special tokens, as templates see them
   std::vector<std::pair<std::string, std::string>> named_templates;  // other named templates
   std::vector<uint32_t> eos_ids;        // every id that ends generation
   // generation_config.json defaults (NaN / -1 when absent)

@@ -149,8 +149,10 @@ TEST(CudaKernels, QuantizedActivationsEqualTheCpus) {
     for (int t = 0; t < 2; ++t) {
       std::vector<uint8_t> rec(cpu::act_record_bytes(k));
       cpu::quantize_acts(x.data() + t * k, k, rec.data(), cpu::SimdLevel::scalar);
-      EXPECT_EQ(0, std::memcmp(got.data() + t * cuda::act_bytes(k), rec.data(), static_cast<size_t>(k))) << k;
-      EXPECT_EQ(0, std::memcmp(got.data() + t * cuda::act_bytes(k) + k, rec.data() + 2 * k, static_cast<size_t>(k / 32) * 4));
+      const uint8_t* g = got.data() + t * cuda::act_bytes(k);
+      EXPECT_EQ(0, std::memcmp(g, rec.data(), static_cast<size_t>(k))) << "q, k " << k;
+      EXPECT_EQ(0, std::memcmp(g + k, rec.data() + 2 * k, static_cast<size_t>(k))) << "residual, k " << k;
+      EXPECT_EQ(0, std::memcmp(g + 2 * k, rec.data() + 3 * k, static_cast<size_t>(k / 32) * 4)) << "scales, k " << k;
     }
   }
 }

@@ -55,7 +55,7 @@ TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
     for (SimdLevel level : cpu::supported_simd_levels()) {
       std::vector<uint8_t> got(ref.size(), 0xee);
       cpu::quantize_acts(x.data(), k, got.data(), level);
-      EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), static_cast<size_t>(2 * k + k / 32 * 8)))
+      EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), static_cast<size_t>(3 * k + k / 32 * 8)))
           << "k " << k << " " << cpu::simd_level_name(level);
     }
   }
@@ -104,6 +104,26 @@ TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
   }
 }
 
+// The activation record's two bytes per value: q alone is within half a step
+// (scale/2) of x; q + lo/256 within 1/256 of a step, as q8 weights see it.
+TEST(Kernels, QuantizedActivationsCarryAResidualByte) {
+  const int64_t k = 2048;
+  auto x = test::gaussian(static_cast<size_t>(k), 11, 2.0f);
+  x[5] = 40.0f;  // an outlier: the block's other values get few of q's steps
+  std::vector<uint8_t> rec_bytes(cpu::act_record_bytes(k));
+  cpu::quantize_acts(x.data(), k, rec_bytes.data(), SimdLevel::scalar);
+  const cpu::ActRecord rec(rec_bytes.data(), k);
+  double worst_q = 0, worst_lo = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const double step = rec.scale[i / 32];
+    worst_q = std::max(worst_q, std::fabs(x[i] - step * rec.q[i]) / step);
+    worst_lo = std::max(worst_lo, std::fabs(x[i] - step * (rec.q[i] + rec.lo[i] / 256.0)) / step);
+  }
+  EXPECT_LE(worst_q, 0.5 + 1e-6);
+  EXPECT_LE(worst_lo, 1.0 / 256 + 1e-6);  // lo is clamped to ±127, so not quite half
+  EXPECT_GT(worst_q, 0.4);  // the residual is needed
+}
+
 // The quantized matmul computes exactly the integer dot products it claims: compare
 // with a double-precision evaluation of the dequantized operands.
 TEST(Kernels, QuantizedMatmulIsTheDotOfDequantizedOperands) {
@@ -126,7 +146,10 @@ TEST(Kernels, QuantizedMatmulIsTheDotOfDequantizedOperands) {
     for (int64_t r = 0; r < rows; ++r) {
       cpu::dequantize_row(dtype, w.data(), rows, cols, r, wrow.data());
       double want = 0;
-      for (int64_t k = 0; k < cols; ++k) want += static_cast<double>(wrow[k]) * rec.scale[k / 32] * rec.q[k];
+      // q8 weights take the activations' residual byte too: x ≈ scale · (q + lo/256).
+      for (int64_t k = 0; k < cols; ++k)
+        want += static_cast<double>(wrow[k]) * rec.scale[k / 32] *
+                (rec.q[k] + (dtype == DType::q8 ? rec.lo[k] / 256.0 : 0.0));
       EXPECT_NEAR(y[r], want, 1e-4 * std::fabs(want) + 1e-5) << dtype_name(dtype) << " row " << r;
     }
   }

@@ -3,7 +3,7 @@
 namespace kvant::cpu {
 
 size_t act_record_bytes(int64_t k) {
-  const auto bytes = static_cast<size_t>(2 * k + 2 * (k / 32) * 4);
+  const auto bytes = static_cast<size_t>(3 * k + 2 * (k / 32) * 4);
   return (bytes + 63) / 64 * 64;
 }
 

@@ -29,22 +29,27 @@ struct WeightMatrix {
 // bytes (a multiple of 64), laid out as
 //   int8  q[k]          values in [-127, 127], x ≈ scale_b · q within block b of 32
 //   uint8 qu[k]         q + 128: the unsigned operand of VNNI dot products with q8 weights
+//   int8  lo[k]         the rounding residual in 1/256 steps: x ≈ scale_b · (q + lo/256)
 //   float scale[k/32]
 //   float corr[k/32]    8 · scale_b · Σ_{j in b} q_j: removes the +8 offset of q4 nibbles
-// k must be a multiple of 64.
+// q8 weights multiply q + lo/256 (16-bit activations: two int8 dot products, so
+// the int8 rounding of activations adds no error that the weights' does not dwarf);
+// q4 weights multiply q alone. k must be a multiple of 64.
 size_t act_record_bytes(int64_t k);
 void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level = active_simd_level());
 
 struct ActRecord {  // typed view of one record
   const int8_t* q;
   const uint8_t* qu;
+  const int8_t* lo;
   const float* scale;
   const float* corr;
   ActRecord(const uint8_t* record, int64_t k)
       : q(reinterpret_cast<const int8_t*>(record)),
         qu(record + k),
-        scale(reinterpret_cast<const float*>(record + 2 * k)),
-        corr(reinterpret_cast<const float*>(record + 2 * k) + k / 32) {}
+        lo(reinterpret_cast<const int8_t*>(record + 2 * k)),
+        scale(reinterpret_cast<const float*>(record + 3 * k)),
+        corr(reinterpret_cast<const float*>(record + 3 * k) + k / 32) {}
 };
 
 struct MatmulArgs {

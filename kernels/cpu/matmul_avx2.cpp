@@ -34,9 +34,16 @@ inline __m256 load8_f16_partial(const uint16_t* p, int n) {
 void quantize_acts_avx2(const float* x, int64_t k, uint8_t* record) {
   auto* q = reinterpret_cast<int8_t*>(record);
   uint8_t* qu = record + k;
-  auto* scale = reinterpret_cast<float*>(record + 2 * k);
+  auto* lo = reinterpret_cast<int8_t*>(record + 2 * k);
+  auto* scale = reinterpret_cast<float*>(record + 3 * k);
   float* corr = scale + k / 32;
   const __m256 magic = _mm256_set1_ps(12582912.0f), sign = _mm256_set1_ps(-0.0f);
+  const __m256 r256 = _mm256_set1_ps(256.0f), lo_min = _mm256_set1_ps(-127.0f), lo_max = _mm256_set1_ps(127.0f);
+  // int32 lanes of 4 registers -> 32 int8 in order (packs work within 128-bit halves).
+  auto pack = [](const __m256i* iv) {
+    const __m256i p16a = _mm256_packs_epi32(iv[0], iv[1]), p16b = _mm256_packs_epi32(iv[2], iv[3]);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  };
   for (int64_t b = 0; b < k / 32; ++b) {
     __m256 v[4];
     __m256 m = _mm256_setzero_ps();
@@ -51,14 +58,17 @@ void quantize_acts_avx2(const float* x, int64_t k, uint8_t* record) {
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m256 vid = _mm256_set1_ps(id);
-    __m256i iv[4];
-    for (int i = 0; i < 4; ++i)
-      iv[i] = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], vid), magic), magic));
-    // int32 -> int8 with the lanes back in order (packs work within 128-bit halves).
-    const __m256i p16a = _mm256_packs_epi32(iv[0], iv[1]), p16b = _mm256_packs_epi32(iv[2], iv[3]);
-    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    __m256i iv[4], lv[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256 t = _mm256_mul_ps(v[i], vid);
+      const __m256 r = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+      iv[i] = _mm256_cvttps_epi32(r);
+      const __m256 l = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), r256), magic), magic);
+      lv[i] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(l, lo_min), lo_max));
+    }
+    const __m256i p8 = pack(iv);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), p8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + b * 32), pack(lv));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qu + b * 32), _mm256_xor_si256(p8, _mm256_set1_epi8(-128)));
     const __m256i s = _mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3]));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
@@ -85,14 +95,18 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
       for (int j = 0; j < T; ++j) {
         const ActRecord x(a.xq + (t + j) * rec, k);
         s[i][j] = _mm256_mul_ps(sw, load8_partial(x.scale + g, nb));
+        if constexpr (D == DType::q8) s[i][j] = _mm256_mul_ps(s[i][j], _mm256_set1_ps(1.0f / 256.0f));
         if constexpr (D == DType::q4) acc[i][j] = _mm256_fnmadd_ps(sw, load8_partial(x.corr + g, nb), acc[i][j]);
       }
     }
     for (int b = 0; b < nb; ++b) {
       const int64_t block = g + b;
-      __m256i xv[T];
-      for (int j = 0; j < T; ++j)
-        xv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ActRecord(a.xq + (t + j) * rec, k).q + block * 32));
+      __m256i xv[T], xlv[T];
+      for (int j = 0; j < T; ++j) {
+        const ActRecord x(a.xq + (t + j) * rec, k);
+        xv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + block * 32));
+        if constexpr (D == DType::q8) xlv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo + block * 32));
+      }
       const __m256i lane = _mm256_set1_epi32(b);
       for (int i = 0; i < R; ++i) {
         __m256i wv;
@@ -104,10 +118,16 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
           wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w.data + (r + i) * k + block * 32));
         }
         for (int j = 0; j < T; ++j) {
-          __m256i p16;
-          if constexpr (D == DType::q4) p16 = _mm256_maddubs_epi16(wv, xv[j]);
-          else p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv[j], wv));
-          const __m256 dp = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+          __m256i d32;
+          if constexpr (D == DType::q4) {
+            d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[j]), ones);
+          } else {  // 256 · Σ w·q + Σ w·lo (the 1/256 is in the scale)
+            const __m256i aw = _mm256_abs_epi8(wv);
+            const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[j], wv)), ones);
+            const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xlv[j], wv)), ones);
+            d32 = _mm256_add_epi32(_mm256_slli_epi32(hi, 8), lo);
+          }
+          const __m256 dp = _mm256_cvtepi32_ps(d32);
           acc[i][j] = _mm256_fmadd_ps(dp, _mm256_permutevar8x32_ps(s[i][j], lane), acc[i][j]);
         }
       }

@@ -24,17 +24,27 @@ inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
   auto* q = reinterpret_cast<int8_t*>(record);
   uint8_t* qu = record + k;
-  auto* scale = reinterpret_cast<float*>(record + 2 * k);
+  auto* lo = reinterpret_cast<int8_t*>(record + 2 * k);
+  auto* scale = reinterpret_cast<float*>(record + 3 * k);
   float* corr = scale + k / 32;
-  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 magic = _mm512_set1_ps(12582912.0f), r256 = _mm512_set1_ps(256.0f);
+  const __m512 lo_min = _mm512_set1_ps(-127.0f), lo_max = _mm512_set1_ps(127.0f);
+  // The residual t − round(t) in 1/256 steps, rounded and clamped as the reference does.
+  auto residual = [&](__m512 t, __m512 r) {
+    const __m512 l = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(t, r), r256), magic), magic);
+    return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(l, lo_min), lo_max)));
+  };
   for (int64_t b = 0; b < k / 32; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m512 vid = _mm512_set1_ps(id);
-    const __m512i i0 = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v0, vid), magic), magic));
-    const __m512i i1 = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v1, vid), magic), magic));
+    const __m512 t0 = _mm512_mul_ps(v0, vid), t1 = _mm512_mul_ps(v1, vid);
+    const __m512 r0 = _mm512_sub_ps(_mm512_add_ps(t0, magic), magic), r1 = _mm512_sub_ps(_mm512_add_ps(t1, magic), magic);
+    const __m512i i0 = _mm512_cvttps_epi32(r0), i1 = _mm512_cvttps_epi32(r1);
+    const __m256i lo_bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(residual(t0, r0)), residual(t1, r1), 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + b * 32), lo_bytes);
     const __m128i b0 = _mm512_cvtepi32_epi8(i0), b1 = _mm512_cvtepi32_epi8(i1);
     const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), bytes);
@@ -71,15 +81,19 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
   }
   const int8_t* xq[T];
   const uint8_t* xu[T];
+  const int8_t* xl[T];
   const float* xs[T];
   const float* xc[T];
   for (int j = 0; j < T; ++j) {
     const ActRecord rec_j(a.xq + (t + j) * rec, k);
     xq[j] = rec_j.q;
     xu[j] = rec_j.qu;
+    xl[j] = rec_j.lo;
     xs[j] = rec_j.scale;
     xc[j] = rec_j.corr;
   }
+  // q8: the int32 sums are 256 · Σ w·q + Σ w·lo; the 1/256 goes into the scale.
+  const __m512 sx_unit = _mm512_set1_ps(D == DType::q8 ? 1.0f / 256.0f : 1.0f);
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -89,7 +103,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
     const __mmask16 m = static_cast<__mmask16>(nb == 16 ? 0xffff : (1u << nb) - 1u);
     __m512 sw[R], sx[T];
     for (int i = 0; i < R; ++i) sw[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ws[i] + g));
-    for (int j = 0; j < T; ++j) sx[j] = _mm512_maskz_loadu_ps(m, xs[j] + g);
+    for (int j = 0; j < T; ++j) sx[j] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xs[j] + g), sx_unit);
     if constexpr (D == DType::q4) {
       for (int j = 0; j < T; ++j) {
         const __m512 corr = _mm512_maskz_loadu_ps(m, xc[j] + g);
@@ -99,11 +113,15 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
     for (int c = 0; c < nb / 2; ++c) {
       const int64_t chunk = g / 2 + c;
       const __m512i idx = chunk_index(c);
-      __m512i xv[T];
+      __m512i xv[T], xlv[T];
       __m512 sxl[T];
       for (int j = 0; j < T; ++j) {
-        xv[j] = _mm512_loadu_si512(D == DType::q4 ? static_cast<const void*>(xq[j] + chunk * 64)
-                                                  : static_cast<const void*>(xu[j] + chunk * 64));
+        if constexpr (D == DType::q4) {
+          xv[j] = _mm512_loadu_si512(xq[j] + chunk * 64);
+        } else {
+          xv[j] = _mm512_loadu_si512(xu[j] + chunk * 64);
+          xlv[j] = _mm512_xor_si512(_mm512_loadu_si512(xl[j] + chunk * 64), _mm512_set1_epi8(-128));  // lo + 128
+        }
         sxl[j] = _mm512_permutexvar_ps(idx, sx[j]);
       }
       for (int i = 0; i < R; ++i) {
@@ -119,7 +137,13 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
         }
         const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);
         for (int j = 0; j < T; ++j) {
-          const __m512i dp = D == DType::q4 ? _mm512_dpbusd_epi32(base, wv, xv[j]) : _mm512_dpbusd_epi32(base, xv[j], wv);
+          __m512i dp;
+          if constexpr (D == DType::q4) {
+            dp = _mm512_dpbusd_epi32(base, wv, xv[j]);
+          } else {
+            const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(base, xv[j], wv), 8);
+            dp = _mm512_dpbusd_epi32(_mm512_add_epi32(hi, base), xlv[j], wv);
+          }
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(swl, sxl[j]), acc[i][j]);
         }
       }

@@ -23,6 +23,17 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// One activation value as the CPU's quantize_acts stores it (kernels/cpu/matmul.h):
+// q = round(v / scale) and the residual in 1/256 steps, lo, clamped to ±127. The
+// products are rounded on their own (__fmul_rn): no FMA contraction, so the bytes
+// equal the CPU's.
+__device__ __forceinline__ void quantize_act(float v, float inv_scale, int8_t* q, int8_t* lo) {
+  const float t = __fmul_rn(v, inv_scale);
+  const float r = rintf(t);
+  *q = static_cast<int8_t>(r);
+  *lo = static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(t - r, 256.0f)), -127.0f), 127.0f));
+}
+
 __device__ __forceinline__ int warp_sum_int(int v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

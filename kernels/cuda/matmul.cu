@@ -9,7 +9,7 @@
 namespace kvant::cuda {
 
 size_t act_bytes(int64_t k) {
-  const auto b = static_cast<size_t>(k + (k / 32) * 4 + (k / 16) * 4);
+  const auto b = static_cast<size_t>(2 * k + (k / 32) * 4 + (k / 16) * 4);
   return (b + 15) / 16 * 16;
 }
 
@@ -17,14 +17,15 @@ namespace {
 
 struct ActView {
   const int8_t* q;
+  const int8_t* lo;
   const float* scale;  // per 32
   const int32_t* sum16;
 };
 
 __device__ __forceinline__ ActView act_view(const uint8_t* base, int64_t k, int64_t t, size_t bytes) {
   const uint8_t* rec = base + t * bytes;
-  return {reinterpret_cast<const int8_t*>(rec), reinterpret_cast<const float*>(rec + k),
-          reinterpret_cast<const int32_t*>(rec + k + (k / 32) * 4)};
+  return {reinterpret_cast<const int8_t*>(rec), reinterpret_cast<const int8_t*>(rec + k),
+          reinterpret_cast<const float*>(rec + 2 * k), reinterpret_cast<const int32_t*>(rec + 2 * k + (k / 32) * 4)};
 }
 
 // One warp per block of 32 values: scale = max|x| / 127, round to nearest even.
@@ -37,14 +38,16 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   const float amax = warp_max(fabsf(v));
   const float d = amax / 127.0f;
   const float id = d > 0.0f ? 1.0f / d : 0.0f;
-  const int q = __float2int_rn(v * id);
   uint8_t* rec = out + t * bytes;
-  reinterpret_cast<int8_t*>(rec)[warp * 32 + lane] = static_cast<int8_t>(q);
+  int8_t q, lo;
+  quantize_act(v, id, &q, &lo);
+  reinterpret_cast<int8_t*>(rec)[warp * 32 + lane] = q;
+  reinterpret_cast<int8_t*>(rec + k)[warp * 32 + lane] = lo;
   int s = q;
 #pragma unroll
   for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // sums within each half-warp
-  if (lane == 0) reinterpret_cast<float*>(rec + k)[warp] = d;
-  if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + k + (k / 32) * 4)[warp * 2 + lane / 16] = s;
+  if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[warp] = d;
+  if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[warp * 2 + lane / 16] = s;
 }
 
 
@@ -114,13 +117,18 @@ __device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t 
       for (int t = 0; t < NT; ++t) {
         const ActView xa = act_view(xq, k, t, act_stride);
         const uint4 xv = *reinterpret_cast<const uint4*>(xa.q + c * 16);
-        const float xs = xa.scale[c / 2];
+        const uint4 xl = *reinterpret_cast<const uint4*>(xa.lo + c * 16);
+        const float xs = xa.scale[c / 2] * (1.0f / 256.0f);
 #pragma unroll
-        for (int i = 0; i < R; ++i) {
+        for (int i = 0; i < R; ++i) {  // 256 · Σ w·q + Σ w·lo
           int d = __dp4a(static_cast<int>(q[i].x), static_cast<int>(xv.x), 0);
           d = __dp4a(static_cast<int>(q[i].y), static_cast<int>(xv.y), d);
           d = __dp4a(static_cast<int>(q[i].z), static_cast<int>(xv.z), d);
-          d = __dp4a(static_cast<int>(q[i].w), static_cast<int>(xv.w), d);
+          d = __dp4a(static_cast<int>(q[i].w), static_cast<int>(xv.w), d) * 256;
+          d = __dp4a(static_cast<int>(q[i].x), static_cast<int>(xl.x), d);
+          d = __dp4a(static_cast<int>(q[i].y), static_cast<int>(xl.y), d);
+          d = __dp4a(static_cast<int>(q[i].z), static_cast<int>(xl.z), d);
+          d = __dp4a(static_cast<int>(q[i].w), static_cast<int>(xl.w), d);
           acc[i][t] += static_cast<float>(d) * sw[i] * xs;
         }
       }

@@ -85,14 +85,16 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
     const float val = v[j] * inv * w[i];
     out[blockIdx.x * n + i] = val;
     const float d = warp_max(fabsf(val)) / 127.0f;
-    const int qv = __float2int_rn(val * (d > 0.0f ? 1.0f / d : 0.0f));
-    reinterpret_cast<int8_t*>(rec)[i] = static_cast<int8_t>(qv);
+    int8_t qv, lo;
+    quantize_act(val, d > 0.0f ? 1.0f / d : 0.0f, &qv, &lo);
+    reinterpret_cast<int8_t*>(rec)[i] = qv;
+    reinterpret_cast<int8_t*>(rec + n)[i] = lo;
     int s = qv;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     const int64_t b = i / 32;
-    if (lane == 0) reinterpret_cast<float*>(rec + n)[b] = d;
-    if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + n + (n / 32) * 4)[b * 2 + lane / 16] = s;
+    if (lane == 0) reinterpret_cast<float*>(rec + 2 * n)[b] = d;
+    if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * n + (n / 32) * 4)[b * 2 + lane / 16] = s;
   }
 }
 
