@@ -1,6 +1,6 @@
 // Executes a plan on the CPU: one OpenMP parallel region per evaluation, every node
 // split between the threads (rows of matmuls handed out dynamically, attention by
-// token and KV head), a barrier between nodes.
+// token and KV head), a barrier between nodes (spin briefly, then sleep).
 #pragma once
 
 #include <atomic>
@@ -42,6 +42,16 @@ class CpuExecutor {
   struct RunState;
   void run_node(const Plan& plan, size_t index, RunState& st, int ith, int nth);
 
+  class Barrier {
+   public:
+    void wait(int n);  // the n threads of the region
+
+   private:
+    static constexpr int kSpins = 100;  // pause instructions, ~2 µs
+    alignas(64) std::atomic<int> arrived_{0};
+    alignas(64) std::atomic<uint32_t> generation_{0};
+  };
+
   const Model& model_;
   KvLayout layout_;
   int threads_;
@@ -52,6 +62,7 @@ class CpuExecutor {
   std::vector<std::vector<float>> scratch_;  // per thread
   std::unique_ptr<std::atomic<int64_t>[]> counters_;
   size_t n_counters_ = 0;
+  Barrier barrier_;
 };
 
 }  // namespace kvant
