@@ -23,7 +23,7 @@ target_include_directories(kvant PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/
 # What the objects need at link time (the same list as kvantConfig.cmake and kvant.pc).
 target_link_libraries(kvant INTERFACE kvant_openmp Threads::Threads PkgConfig::PCRE2 PkgConfig::UTF8PROC)
 if(KVANT_HAVE_CUDA)
-  target_link_libraries(kvant INTERFACE CUDA::cublas CUDA::cudart_static)
+  target_link_libraries(kvant INTERFACE CUDA::cudart_static ${CMAKE_DL_LIBS})
 endif()
 set_target_properties(kvant PROPERTIES OUTPUT_NAME kvant PUBLIC_HEADER include/kvant.h)
 
@@ -33,11 +33,13 @@ install(FILES include/kvant.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 # What a program linking libkvant.a needs besides it.
 set(KVANT_PC_LIBS_CUDA "")
 if(KVANT_HAVE_CUDA)
-  set(KVANT_PC_LIBS_CUDA "-L${CUDAToolkit_LIBRARY_DIR} -lcublas -lcudart_static -lrt -ldl")
+  set(KVANT_PC_LIBS_CUDA "-L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -lrt -ldl")
 endif()
 configure_package_config_file(cmake/kvantConfig.cmake.in ${CMAKE_BINARY_DIR}/kvantConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvant)
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/kvantConfigVersion.cmake COMPATIBILITY SameMinorVersion)
+# The pkg-config file finds the prefix from where it lies (relocatable installs).
+file(RELATIVE_PATH KVANT_PC_UP "/prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/prefix")
 configure_file(cmake/kvant.pc.in ${CMAKE_BINARY_DIR}/kvant.pc @ONLY)
 install(FILES ${CMAKE_BINARY_DIR}/kvantConfig.cmake ${CMAKE_BINARY_DIR}/kvantConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvant)

@@ -69,6 +69,9 @@ int32_t kvant_model_context_length(const kvant_model* model); /* trained context
 int32_t kvant_model_bos(const kvant_model* model);            /* -1 if none */
 /* Whether generation stops at this token (the file's EOS ids). */
 int kvant_model_is_eos(const kvant_model* model, int32_t token);
+/* Bytes of KV cache one token takes with this KV type ("f16", "q8", "q4"); 0 if unknown.
+ * A session of n_ctx positions holds up to n_ctx times this. */
+uint64_t kvant_model_kv_bytes_per_token(const kvant_model* model, const char* kv_type);
 
 /* ---- tokenizer and chat template ---------------------------------------------- */
 
@@ -159,8 +162,10 @@ typedef struct kvant_sampler_options {
   uint64_t seed;            /* same seed, same tokens */
 } kvant_sampler_options;
 
-/* Defaults, then the model's generation defaults (generation_config.json) when model is
- * not NULL. */
+/* With model NULL: temperature 0.7, top_k 40, top_p 0.95, min_p 0.05, penalties off.
+ * With a model: its generation defaults (generation_config.json) as transformers reads
+ * them: greedy unless do_sample is set, and then the file's temperature, top_k and top_p
+ * (or 1.0, 50, 1.0). */
 void kvant_sampler_options_init(kvant_sampler_options* options, const kvant_model* model);
 kvant_status kvant_sampler_create(const kvant_sampler_options* options, kvant_sampler** sampler);
 void kvant_sampler_free(kvant_sampler* sampler);

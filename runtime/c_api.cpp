@@ -205,6 +205,11 @@ int32_t kvant_model_context_length(const kvant_model* m) {
 }
 int32_t kvant_model_bos(const kvant_model* m) { return m && m->tokenizer ? m->tokenizer->bos_id() : -1; }
 int kvant_model_is_eos(const kvant_model* m, int32_t token) { return m && m->tokenizer && m->tokenizer->is_eos(token); }
+uint64_t kvant_model_kv_bytes_per_token(const kvant_model* m, const char* kv_type) {
+  if (!m || !kv_type) return 0;
+  const auto kv = kv_type_from_name(kv_type);
+  return kv ? m->model->config().kv_bytes_per_token(*kv) : 0;
+}
 
 kvant_status kvant_tokenize(const kvant_model* m, const char* text, size_t text_len, int add_special, int32_t* ids,
                             size_t capacity, size_t* n_ids) {
@@ -410,12 +415,23 @@ void kvant_sampler_options_init(kvant_sampler_options* o, const kvant_model* m) 
   o->penalty_last_n = d.penalty_last_n;
   o->seed = d.seed;
   if (!m) return;
+  // As transformers' generate() reads generation_config.json: greedy unless do_sample
+  // is set; when it is, the file's temperature / top_k / top_p or transformers'
+  // defaults for them (1.0, 50, 1.0), with min_p off.
   const Metadata& meta = m->model->file().metadata();
-  if (auto v = meta.get_f32("generation.temperature")) o->temperature = *v;
-  if (auto v = meta.get_f32("generation.top_p")) o->top_p = *v;
-  if (auto v = meta.get_i64("generation.top_k")) o->top_k = static_cast<int32_t>(*v);
+  const auto do_sample = meta.get_bool("generation.do_sample");
+  if (!do_sample || !*do_sample) {
+    o->temperature = 0.0f;
+  } else {
+    o->temperature = 1.0f;
+    o->top_k = 50;
+    o->top_p = 1.0f;
+    o->min_p = 0.0f;
+    if (auto v = meta.get_f32("generation.temperature")) o->temperature = *v;
+    if (auto v = meta.get_f32("generation.top_p")) o->top_p = *v;
+    if (auto v = meta.get_i64("generation.top_k")) o->top_k = static_cast<int32_t>(*v);
+  }
   if (auto v = meta.get_f32("generation.repetition_penalty")) o->repetition_penalty = *v;
-  if (auto v = meta.get_bool("generation.do_sample"); v && !*v) o->temperature = 0.0f;
 }
 
 kvant_status kvant_sampler_create(const kvant_sampler_options* options, kvant_sampler** out) {

@@ -2,6 +2,9 @@
 // (bandwidth-bound: 16-byte loads, several in flight per thread, one warp per row), and
 // the prefill GEMM (dequantize to f16, then cuBLAS on tensor cores).
 #include <cublas_v2.h>
+#include <dlfcn.h>
+
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
@@ -410,23 +413,65 @@ void dequantize_to_f16(const DeviceMatrix& w, void* out, cudaStream_t stream) {
   }
 }
 
+namespace {
+
+// cuBLAS is loaded when the first GEMM is made, not linked: a linked libcublas costs
+// every process ~150 MB of resident memory at start (relocated data of a 600 MB
+// library), CPU-only runs included.
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                            const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                            cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+  std::string error;
+};
+
+const CublasApi& cublas() {
+  static const CublasApi api = [] {
+    CublasApi a;
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib) {
+      a.error = std::string("cannot load cuBLAS (libcublas.so.13 or .12): ") + dlerror();
+      return a;
+    }
+    a.create = reinterpret_cast<decltype(a.create)>(dlsym(lib, "cublasCreate_v2"));
+    a.destroy = reinterpret_cast<decltype(a.destroy)>(dlsym(lib, "cublasDestroy_v2"));
+    a.set_stream = reinterpret_cast<decltype(a.set_stream)>(dlsym(lib, "cublasSetStream_v2"));
+    a.set_math_mode = reinterpret_cast<decltype(a.set_math_mode)>(dlsym(lib, "cublasSetMathMode"));
+    a.gemm_ex = reinterpret_cast<decltype(a.gemm_ex)>(dlsym(lib, "cublasGemmEx"));
+    if (!a.create || !a.destroy || !a.set_stream || !a.set_math_mode || !a.gemm_ex) a.error = "cuBLAS lacks a function";
+    return a;
+  }();
+  return api;
+}
+
+}  // namespace
+
 Gemm::Gemm() {
+  const CublasApi& api = cublas();
+  if (!api.error.empty()) return;
   cublasHandle_t h = nullptr;
-  if (cublasCreate(&h) == CUBLAS_STATUS_SUCCESS) {
-    cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+  if (api.create(&h) == CUBLAS_STATUS_SUCCESS) {
+    api.set_math_mode(h, CUBLAS_DEFAULT_MATH);
     handle_ = h;
   }
 }
 
 Gemm::~Gemm() {
-  if (handle_) cublasDestroy(static_cast<cublasHandle_t>(handle_));
+  if (handle_) cublas().destroy(static_cast<cublasHandle_t>(handle_));
   cudaFree(weights_);
   cudaFree(acts_);
 }
 
 const char* Gemm::run(const DeviceMatrix& w, const float* x, int64_t n, float* y, int64_t ldy, bool accumulate,
                       cudaStream_t stream) {
-  if (!handle_) return "cuBLAS could not be initialised";
+  if (!handle_) return cublas().error.empty() ? "cuBLAS could not be initialised" : cublas().error.c_str();
+  const CublasApi& api = cublas();
   auto grow = [](void*& p, size_t& have, size_t need) {
     if (need <= have) return cudaSuccess;
     cudaFree(p);
@@ -437,10 +482,10 @@ const char* Gemm::run(const DeviceMatrix& w, const float* x, int64_t n, float* y
     return e;
   };
   auto* h = static_cast<cublasHandle_t>(handle_);
-  cublasSetStream(h, stream);
+  api.set_stream(h, stream);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   if (w.dtype == DType::f32) {  // f32 models (tests, references): exact f32 products, no conversion
-    const cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(n),
+    const cublasStatus_t st = api.gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(n),
                                            static_cast<int>(w.cols), &alpha, w.data, CUDA_R_32F, static_cast<int>(w.cols),
                                            x, CUDA_R_32F, static_cast<int>(w.cols), &beta, y, CUDA_R_32F,
                                            static_cast<int>(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -460,7 +505,7 @@ const char* Gemm::run(const DeviceMatrix& w, const float* x, int64_t n, float* y
   else to_half_kernel<<<blocks_for(n * w.cols, 256), 256, 0, stream>>>(x, n * w.cols, static_cast<__half*>(acts_));
   const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
   // Row-major Y (n × rows) is column-major Yᵀ (rows × n) = W · Xᵀ.
-  const cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(n),
+  const cublasStatus_t st = api.gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(n),
                                          static_cast<int>(w.cols), &alpha, weights, type, static_cast<int>(w.cols), acts_,
                                          type, static_cast<int>(w.cols), &beta, y, CUDA_R_32F, static_cast<int>(ldy),
                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
