@@ -9,6 +9,13 @@ find_package(fmt 9 REQUIRED)
 # Unicode normalization and character properties.
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+if(KVANT_PORTABLE)
+  # Binaries for hosts without these packages (the GPU machine): link the archives.
+  find_library(KVANT_PCRE2_STATIC libpcre2-8.a HINTS ${PCRE2_LIBRARY_DIRS} REQUIRED)
+  find_library(KVANT_UTF8PROC_STATIC libutf8proc.a HINTS ${UTF8PROC_LIBRARY_DIRS} REQUIRED)
+  set_property(TARGET PkgConfig::PCRE2 PROPERTY INTERFACE_LINK_LIBRARIES ${KVANT_PCRE2_STATIC})
+  set_property(TARGET PkgConfig::UTF8PROC PROPERTY INTERFACE_LINK_LIBRARIES ${KVANT_UTF8PROC_STATIC})
+endif()
 
 # xxHash is used header-only (XXH_INLINE_ALL): fast, and no shared library to carry.
 find_path(KVANT_XXHASH_INCLUDE_DIR xxhash.h REQUIRED)

@@ -132,6 +132,7 @@ template <int E>
 __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, const float* v, int64_t n, int n_kv_heads,
                                 int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq,
                                 const float* q, float* q_out, int n_heads) {
+  grid_dependency_wait();
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   const Lanes<E> ln = lanes_for<E>(hd);
@@ -247,6 +248,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
                                                            int n_kv_heads, int hd, const int32_t* positions,
                                                            const int32_t* slots, int window, int max_splits, float scale,
                                                            float* scratch, int* counters, float* out) {
+  grid_dependency_wait();
   const int group = n_heads / n_kv_heads, sub = group / G;
   const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
   const int s = blockIdx.y;
@@ -418,6 +420,7 @@ template <int HD>
 __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_t layer, const float* q, int64_t n_tokens,
                                                             int n_heads, int n_kv_heads, const int32_t* positions,
                                                             const int32_t* slots, int window, float scale, float* out) {
+  grid_dependency_wait();
   extern __shared__ __align__(128) uint8_t smem_raw[];
   FlashSmem<HD>& sm = *reinterpret_cast<FlashSmem<HD>*>(smem_raw);
   const int group = n_heads / n_kv_heads;
@@ -559,7 +562,7 @@ void launch_flash(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n,
   }
   const int64_t rows = n * (n_heads / n_kv_heads);
   const dim3 grid(static_cast<unsigned>((rows + kBq - 1) / kBq), static_cast<unsigned>(n_kv_heads));
-  flash_prefill_kernel<HD><<<grid, 128, smem, stream>>>(kv, layer, q, n, static_cast<int>(n_heads),
+  launch(flash_prefill_kernel<HD>, grid, 128, smem, stream, kv, layer, q, n, static_cast<int>(n_heads),
                                                         static_cast<int>(n_kv_heads), positions, slots, window,
                                                         1.0f / sqrtf(static_cast<float>(HD)), out);
 }
@@ -578,7 +581,7 @@ void rope_store(const DeviceKv& kv, uint32_t layer, const float* q, float* q_out
   const int64_t warps = n * 2 * kv.layout.n_kv_heads + (q ? n * n_heads : 0);
   const int hd = static_cast<int>(kv.layout.head_dim);
   by_elements(hd, [&](auto e) {
-    kv_store_kernel<decltype(e)::value><<<blocks_for(warps * kWarp, 128), 128, 0, stream>>>(
+    launch(kv_store_kernel<decltype(e)::value>, blocks_for(warps * kWarp, 128), 128, 0, stream,
         kv, layer, k, v, n, static_cast<int>(kv.layout.n_kv_heads), hd, positions, slots, inv_freq, q, q_out,
         static_cast<int>(n_heads));
   });
@@ -600,7 +603,7 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const int64_t group = n_heads / n_kv_heads;
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
                   static_cast<unsigned>(n_tokens));
-  attend_split_kernel<E, G><<<grid, 128, static_cast<size_t>(4 * G * hd) * sizeof(float), stream>>>(
+  launch(attend_split_kernel<E, G>, grid, 128, static_cast<size_t>(4 * G * hd) * sizeof(float), stream,
       kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
       1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out);
 }

@@ -33,6 +33,7 @@ __device__ __forceinline__ ActView act_view(const uint8_t* base, int64_t k, int6
 
 // One warp per block of 32 values: scale = max|x| / 127, round to nearest even.
 __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, size_t bytes, int64_t blocks) {
+  grid_dependency_wait();
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   const int64_t t = blockIdx.y;
@@ -206,6 +207,7 @@ struct GemvTargets {
 template <DType D, int R, int NT>
 __global__ void __launch_bounds__(128) gemv_kernel(GemvTargets tg, int64_t k, const uint8_t* xq, size_t act_stride,
                                                    const float* x, bool accumulate) {
+  grid_dependency_wait();
   int m = 0;
   while (m + 1 < tg.count && blockIdx.x >= tg.block_end[m]) ++m;
   const int64_t first = m == 0 ? 0 : tg.block_end[m - 1];
@@ -234,6 +236,7 @@ __global__ void __launch_bounds__(128) gemv_kernel(GemvTargets tg, int64_t k, co
 template <DType D, int NT>
 __global__ void __launch_bounds__(128) gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k,
                                                          const uint8_t* xq, size_t act_stride, const float* x, float* out) {
+  grid_dependency_wait();
   const int64_t row = blockIdx.x * 4 + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;
@@ -255,11 +258,11 @@ void launch_gemv(DType dtype, const GemvTargets& tg, int64_t k, const uint8_t* x
   const auto grid = static_cast<unsigned>(tg.block_end[tg.count - 1]);
   const size_t stride = act_bytes(k);
   switch (dtype) {
-    case DType::q4: gemv_kernel<DType::q4, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::q8: gemv_kernel<DType::q8, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::f16: gemv_kernel<DType::f16, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::bf16: gemv_kernel<DType::bf16, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
-    case DType::f32: gemv_kernel<DType::f32, R, NT><<<grid, 128, 0, s>>>(tg, k, xq, stride, x, accumulate); break;
+    case DType::q4: launch(gemv_kernel<DType::q4, R, NT>, grid, 128, 0, s, tg, k, xq, stride, x, accumulate); break;
+    case DType::q8: launch(gemv_kernel<DType::q8, R, NT>, grid, 128, 0, s, tg, k, xq, stride, x, accumulate); break;
+    case DType::f16: launch(gemv_kernel<DType::f16, R, NT>, grid, 128, 0, s, tg, k, xq, stride, x, accumulate); break;
+    case DType::bf16: launch(gemv_kernel<DType::bf16, R, NT>, grid, 128, 0, s, tg, k, xq, stride, x, accumulate); break;
+    case DType::f32: launch(gemv_kernel<DType::f32, R, NT>, grid, 128, 0, s, tg, k, xq, stride, x, accumulate); break;
   }
 }
 
@@ -269,11 +272,11 @@ void launch_gated(const DeviceMatrix& g, const DeviceMatrix& u, const uint8_t* x
   const unsigned grid = blocks_for(g.rows, 4);
   const size_t stride = act_bytes(g.cols);
   switch (g.dtype) {
-    case DType::q4: gemv_gated_kernel<DType::q4, NT><<<grid, 128, 0, s>>>(g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
-    case DType::q8: gemv_gated_kernel<DType::q8, NT><<<grid, 128, 0, s>>>(g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
-    case DType::f16: gemv_gated_kernel<DType::f16, NT><<<grid, 128, 0, s>>>(g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
-    case DType::bf16: gemv_gated_kernel<DType::bf16, NT><<<grid, 128, 0, s>>>(g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
-    case DType::f32: gemv_gated_kernel<DType::f32, NT><<<grid, 128, 0, s>>>(g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
+    case DType::q4: launch(gemv_gated_kernel<DType::q4, NT>, grid, 128, 0, s, g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
+    case DType::q8: launch(gemv_gated_kernel<DType::q8, NT>, grid, 128, 0, s, g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
+    case DType::f16: launch(gemv_gated_kernel<DType::f16, NT>, grid, 128, 0, s, g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
+    case DType::bf16: launch(gemv_gated_kernel<DType::bf16, NT>, grid, 128, 0, s, g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
+    case DType::f32: launch(gemv_gated_kernel<DType::f32, NT>, grid, 128, 0, s, g.data, u.data, g.rows, g.cols, xq, stride, x, out); break;
   }
 }
 
@@ -296,6 +299,7 @@ void by_tokens(int64_t n, F&& f) {
 
 // One thread per 16 bytes of quants: q4 -> 32 halves (two 16-element runs), q8 -> 16.
 __global__ void dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols, __half* out) {
+  grid_dependency_wait();
   const int64_t chunk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t per_row = cols / 32;
   if (chunk >= rows * per_row) return;
@@ -318,6 +322,7 @@ __global__ void dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t
 }
 
 __global__ void dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols, __half* out) {
+  grid_dependency_wait();
   const int64_t chunk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t n = rows * cols;
   if (chunk >= n / 16) return;
@@ -332,16 +337,19 @@ __global__ void dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t
 }
 
 __global__ void f32_to_f16_kernel(const float* t, int64_t n, __half* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = __float2half_rn(t[i]);
 }
 
 __global__ void to_half_kernel(const float* x, int64_t n, __half* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = __float2half_rn(x[i]);
 }
 
 __global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = __float2bfloat16_rn(x[i]);
 }
@@ -353,7 +361,7 @@ void quantize_acts(const float* x, int64_t n, int64_t k, uint8_t* out, cudaStrea
   if (n == 0) return;
   const int64_t blocks = k / 32;
   const dim3 grid(blocks_for(blocks * kWarp, 256), static_cast<unsigned>(n));
-  quantize_acts_kernel<<<grid, 256, 0, stream>>>(x, k, out, act_bytes(k), blocks);
+  launch(quantize_acts_kernel, grid, 256, 0, stream, x, k, out, act_bytes(k), blocks);
 }
 
 void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, float* y, int64_t ldy, bool accumulate,
@@ -404,10 +412,10 @@ void dequantize_to_f16(const DeviceMatrix& w, void* out, cudaStream_t stream) {
   auto* o = static_cast<__half*>(out);
   switch (w.dtype) {
     case DType::f16: cudaMemcpyAsync(out, w.data, static_cast<size_t>(n) * 2, cudaMemcpyDeviceToDevice, stream); return;
-    case DType::q4: dequantize_q4_f16_kernel<<<blocks_for(n / 32, 256), 256, 0, stream>>>(w.data, w.rows, w.cols, o); return;
-    case DType::q8: dequantize_q8_f16_kernel<<<blocks_for(n / 16, 256), 256, 0, stream>>>(w.data, w.rows, w.cols, o); return;
+    case DType::q4: launch(dequantize_q4_f16_kernel, blocks_for(n / 32, 256), 256, 0, stream, w.data, w.rows, w.cols, o); return;
+    case DType::q8: launch(dequantize_q8_f16_kernel, blocks_for(n / 16, 256), 256, 0, stream, w.data, w.rows, w.cols, o); return;
     case DType::f32:
-      f32_to_f16_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(reinterpret_cast<const float*>(w.data), n, o);
+      launch(f32_to_f16_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<const float*>(w.data), n, o);
       return;
     case DType::bf16: return;  // the GEMM multiplies bf16 directly
   }
@@ -501,8 +509,8 @@ const char* Gemm::run(const DeviceMatrix& w, const float* x, int64_t n, float* y
   }
   if (grow(acts_, acts_bytes_, static_cast<size_t>(n * w.cols) * 2) != cudaSuccess)
     return "cannot allocate the activation buffer";
-  if (bf16) to_bf16_kernel<<<blocks_for(n * w.cols, 256), 256, 0, stream>>>(x, n * w.cols, static_cast<__nv_bfloat16*>(acts_));
-  else to_half_kernel<<<blocks_for(n * w.cols, 256), 256, 0, stream>>>(x, n * w.cols, static_cast<__half*>(acts_));
+  if (bf16) launch(to_bf16_kernel, blocks_for(n * w.cols, 256), 256, 0, stream, x, n * w.cols, static_cast<__nv_bfloat16*>(acts_));
+  else launch(to_half_kernel, blocks_for(n * w.cols, 256), 256, 0, stream, x, n * w.cols, static_cast<__half*>(acts_));
   const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
   // Row-major Y (n × rows) is column-major Yᵀ (rows × n) = W · Xᵀ.
   const cublasStatus_t st = api.gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows), static_cast<int>(n),

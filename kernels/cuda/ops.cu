@@ -29,6 +29,7 @@ __device__ __forceinline__ float tensor_element(DType dtype, const uint8_t* t, i
 
 __global__ void embed_kernel(DeviceMatrix table, DeviceMatrix pos_table, bool has_pos, const int32_t* tokens,
                              const int32_t* positions, int64_t n, float* out) {
+  grid_dependency_wait();
   const int64_t t = blockIdx.y;
   const int64_t dim = table.cols;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < dim;
@@ -40,6 +41,7 @@ __global__ void embed_kernel(DeviceMatrix table, DeviceMatrix pos_table, bool ha
 }
 
 __global__ void select_rows_kernel(const float* in, const int32_t* rows, int64_t width, float* out) {
+  grid_dependency_wait();
   const int64_t r = blockIdx.y;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < width;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -48,6 +50,7 @@ __global__ void select_rows_kernel(const float* in, const int32_t* rows, int64_t
 
 // One block per row.
 __global__ void __launch_bounds__(1024) rms_norm_kernel(const float* x, const float* w, int64_t n, float eps, float* out) {
+  grid_dependency_wait();
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
   float ss = 0.0f;
@@ -64,6 +67,7 @@ constexpr int kNormThreads = 1024, kNormPer = 8;
 __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const float* x, const float* w, int64_t n,
                                                                          float eps, float* out, uint8_t* q,
                                                                          size_t q_stride) {
+  grid_dependency_wait();
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
   float v[kNormPer];
@@ -99,6 +103,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
 }
 
 __global__ void layer_norm_kernel(const float* x, const float* w, const float* b, int64_t n, float eps, float* out) {
+  grid_dependency_wait();
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
   float s = 0.0f;
@@ -114,6 +119,7 @@ __global__ void layer_norm_kernel(const float* x, const float* w, const float* b
 // One thread per rotated pair; pairs i and i + head_dim/2 of each head.
 __global__ void rope_kernel(const float* x, float* out, int64_t n_heads, int64_t head_dim, const int32_t* positions,
                             const float* inv_freq) {
+  grid_dependency_wait();
   const int64_t t = blockIdx.y;
   const int64_t half = head_dim / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -129,16 +135,19 @@ __global__ void rope_kernel(const float* x, float* out, int64_t n_heads, int64_t
 }
 
 __global__ void add_kernel(const float* a, const float* b, int64_t n, float* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = a[i] + b[i];
 }
 
 __global__ void silu_mul_kernel(const float* g, const float* u, int64_t n, float* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 __global__ void gelu_kernel(const float* x, int64_t n, bool tanh_approx, float* out) {
+  grid_dependency_wait();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float v = x[i];
@@ -147,6 +156,7 @@ __global__ void gelu_kernel(const float* x, int64_t n, bool tanh_approx, float* 
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t ldy) {
+  grid_dependency_wait();
   const int64_t t = blockIdx.y;
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r < rows) y[t * ldy + r] += bias[r];
@@ -161,18 +171,18 @@ dim3 row_grid(int64_t width, int64_t n, int threads) {
 void embed(const DeviceMatrix& table, const DeviceMatrix* positions_table, const int32_t* tokens,
            const int32_t* positions, int64_t n, float* out, cudaStream_t stream) {
   if (n == 0) return;
-  embed_kernel<<<row_grid(table.cols, n, 256), 256, 0, stream>>>(table, positions_table ? *positions_table : DeviceMatrix{},
+  launch(embed_kernel, row_grid(table.cols, n, 256), 256, 0, stream, table, positions_table ? *positions_table : DeviceMatrix{},
                                                                   positions_table != nullptr, tokens, positions, n, out);
 }
 
 void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width, float* out, cudaStream_t stream) {
   if (n == 0) return;
-  select_rows_kernel<<<row_grid(width, n, 256), 256, 0, stream>>>(in, rows, width, out);
+  launch(select_rows_kernel, row_grid(width, n, 256), 256, 0, stream, in, rows, width, out);
 }
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
   if (rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream>>>(x, w, n, eps, out);
+  launch(rms_norm_kernel, static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream, x, w, n, eps, out);
 }
 
 void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
@@ -183,36 +193,36 @@ void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, 
     quantize_acts(out, rows, n, q, stream);
     return;
   }
-  rms_norm_quantize_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(x, w, n, eps, out, q, act_bytes(n));
+  launch(rms_norm_quantize_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream, x, w, n, eps, out, q, act_bytes(n));
 }
 
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
                 cudaStream_t stream) {
   if (rows == 0) return;
-  layer_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, b, n, eps, out);
+  launch(layer_norm_kernel, static_cast<unsigned>(rows), 256, 0, stream, x, w, b, n, eps, out);
 }
 
 void rope(const float* x, float* out, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
           const float* inv_freq, cudaStream_t stream) {
   if (n_tokens == 0) return;
-  rope_kernel<<<row_grid(n_heads * head_dim / 2, n_tokens, 128), 128, 0, stream>>>(x, out, n_heads, head_dim, positions,
+  launch(rope_kernel, row_grid(n_heads * head_dim / 2, n_tokens, 128), 128, 0, stream, x, out, n_heads, head_dim, positions,
                                                                                    inv_freq);
 }
 
 void add(const float* a, const float* b, int64_t n, float* out, cudaStream_t stream) {
-  if (n > 0) add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(a, b, n, out);
+  if (n > 0) launch(add_kernel, blocks_for(n, 256), 256, 0, stream, a, b, n, out);
 }
 
 void silu_mul(const float* g, const float* u, int64_t n, float* out, cudaStream_t stream) {
-  if (n > 0) silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(g, u, n, out);
+  if (n > 0) launch(silu_mul_kernel, blocks_for(n, 256), 256, 0, stream, g, u, n, out);
 }
 
 void gelu(const float* x, int64_t n, bool tanh_approximation, float* out, cudaStream_t stream) {
-  if (n > 0) gelu_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(x, n, tanh_approximation, out);
+  if (n > 0) launch(gelu_kernel, blocks_for(n, 256), 256, 0, stream, x, n, tanh_approximation, out);
 }
 
 void add_bias(float* y, const float* bias, int64_t rows, int64_t n, int64_t ldy, cudaStream_t stream) {
-  if (n > 0) add_bias_kernel<<<row_grid(rows, n, 256), 256, 0, stream>>>(y, bias, rows, ldy);
+  if (n > 0) launch(add_bias_kernel, row_grid(rows, n, 256), 256, 0, stream, y, bias, rows, ldy);
 }
 
 void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t stream) {
