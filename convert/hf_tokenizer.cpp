@@ -190,7 +190,7 @@ Result<TokenizerImport> parse_tokenizer_json(std::string_view text, const std::s
   // Whether the post-processor prepends a special token (Llama-2's "<s> $A").
   if (j.contains("post_processor") && j["post_processor"].is_object()) {
     const json& pp = j["post_processor"];
-    if (pp.value("type", "") == "TemplateProcessing" && pp.contains("single") && pp["single"].is_array() &&
+    if (pp.contains("type") && pp["type"] == "TemplateProcessing" && pp.contains("single") && pp["single"].is_array() &&
         !pp["single"].empty() && pp["single"][0].is_object() && pp["single"][0].contains("SpecialToken"))
       t.add_bos = true;
   }

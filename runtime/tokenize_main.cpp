@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
       "  kvant-tokenize model.kvant --text 'Hello world'        ids, space-separated\n"
       "  printf 'Hello' | kvant-tokenize model.kvant --json     ids as a JSON array (stdin is read exactly)\n"
       "  echo '9906 1917' | kvant-tokenize model.kvant --decode  ids back to text\n"
-      "  echo '[{\"role\":\"user\",\"content\":\"Hi\"}]' | kvant-tokenize model.kvant --chat --show-text"};
+      "  echo '[{\"role\":\"user\",\"content\":\"Hi\"}]' | kvant-tokenize model.kvant --chat --show-text\n"};
   std::string model_path, text;
   bool have_text = false, as_json = false, decode = false, no_special = false, skip_special = false;
   bool chat = false, show_text = false, no_generation_prompt = false, batch = false, show_tokens = false;

@@ -301,6 +301,7 @@ TEST(TokenizerErrors, UnsupportedComponentsAreNamed) {
       {"post_processor", {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<x>"}}}}}}},
        "special token '<x>'"},
       {"normalizer", 42, "not an object with a string 'type'"},
+      {"post_processor", {{"type", {{"nested", 1}}}}, "not an object with a string 'type'"},  // once crashed the importer
   };
   for (const auto& [key, value, expected] : cases) {
     ordered_json j = ordered_json::parse(base);
