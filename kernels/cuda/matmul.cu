@@ -66,20 +66,39 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
 // q8: chunk c holds elements [16c, 16c + 16) of block c / 2.
 __device__ __forceinline__ uint4 load_stream(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
 
+// R rows, each from any matrix of the same dtype and length: the quants (or values) of
+// row i at w[i], its f16 block scales at s[i] (q8/q4).
+template <int R>
+struct RowSet {
+  const uint8_t* w[R];
+  const __half* s[R];
+};
+
+__host__ __device__ __forceinline__ int64_t row_bytes(DType d, int64_t k) {
+  return d == DType::q4 ? k / 2 : d == DType::q8 ? k : d == DType::f32 ? 4 * k : 2 * k;
+}
+
+// Row r of a [rows, k] matrix at base, in the .kvant layout (scales after all quants).
+template <DType D>
+__device__ __forceinline__ void set_row(const uint8_t* base, int64_t rows, int64_t k, int64_t r, const uint8_t** w,
+                                        const __half** s) {
+  *w = base + r * row_bytes(D, k);
+  *s = reinterpret_cast<const __half*>(base + rows * row_bytes(D, k)) + r * (k / 32);
+}
+
 template <DType D, int R, int NT>
-__device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t k, int64_t row, int lane,
-                                        const uint8_t* xq, size_t act_stride, const float* x, float (*acc)[NT]) {
+__device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, int lane, const uint8_t* xq,
+                                        size_t act_stride, const float* x, float (*acc)[NT]) {
   if constexpr (D == DType::q4) {
-    const __half* scale_base = reinterpret_cast<const __half*>(w + rows * (k / 2));
     const int chunks = static_cast<int>(k / 32);
-#pragma unroll 2
+#pragma unroll 4
     for (int c = lane; c < chunks; c += kWarp) {
       uint4 packed[R];
       float2 sw[R];
 #pragma unroll
       for (int i = 0; i < R; ++i) {
-        packed[i] = load_stream(w + (row + i) * (k / 2) + static_cast<int64_t>(c) * 16);
-        sw[i] = __half22float2(*reinterpret_cast<const __half2*>(scale_base + (row + i) * (k / 32) + 2 * (c / 2)));
+        packed[i] = load_stream(rs.w[i] + static_cast<int64_t>(c) * 16);
+        sw[i] = __half22float2(*reinterpret_cast<const __half2*>(rs.s[i] + 2 * (c / 2)));
       }
       const int g = c / 2, h = c % 2;
       const int lo_elem = 64 * g + 16 * h, hi_elem = lo_elem + 32;
@@ -106,16 +125,15 @@ __device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t 
       }
     }
   } else if constexpr (D == DType::q8) {
-    const __half* scale_base = reinterpret_cast<const __half*>(w + rows * k);
     const int chunks = static_cast<int>(k / 16);
-#pragma unroll 2
+#pragma unroll 4
     for (int c = lane; c < chunks; c += kWarp) {
       uint4 q[R];
       float sw[R];
 #pragma unroll
       for (int i = 0; i < R; ++i) {
-        q[i] = load_stream(w + (row + i) * k + static_cast<int64_t>(c) * 16);
-        sw[i] = __half2float(scale_base[(row + i) * (k / 32) + c / 2]);
+        q[i] = load_stream(rs.w[i] + static_cast<int64_t>(c) * 16);
+        sw[i] = __half2float(rs.s[i][c / 2]);
       }
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
@@ -139,13 +157,12 @@ __device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t 
     }
   } else {
     constexpr int kPer = D == DType::f32 ? 4 : 8;  // elements per 16 bytes
-    constexpr int kBytes = D == DType::f32 ? 4 : 2;
     const int full = static_cast<int>(k / kPer);
-#pragma unroll 2
+#pragma unroll 4
     for (int c = lane; c < full; c += kWarp) {
       uint4 v[R];
 #pragma unroll
-      for (int i = 0; i < R; ++i) v[i] = load_stream(w + (row + i) * k * kBytes + static_cast<int64_t>(c) * 16);
+      for (int i = 0; i < R; ++i) v[i] = load_stream(rs.w[i] + static_cast<int64_t>(c) * 16);
 #pragma unroll
       for (int i = 0; i < R; ++i) {
         float wf[kPer];
@@ -179,7 +196,7 @@ __device__ __forceinline__ void row_dot(const uint8_t* w, int64_t rows, int64_t 
     for (int64_t e = static_cast<int64_t>(full) * kPer + lane; e < k; e += kWarp) {  // a row tail (length % kPer)
 #pragma unroll
       for (int i = 0; i < R; ++i) {
-        const uint8_t* wrow = w + (row + i) * k * kBytes;
+        const uint8_t* wrow = rs.w[i];
         float wv;
         if constexpr (D == DType::f32) wv = reinterpret_cast<const float*>(wrow)[e];
         else if constexpr (D == DType::f16) wv = __half2float(reinterpret_cast<const __half*>(wrow)[e]);
@@ -219,7 +236,10 @@ __global__ void __launch_bounds__(128) gemv_kernel(GemvTargets tg, int64_t k, co
   for (int i = 0; i < R; ++i)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
-  row_dot<D, R, NT>(tg.w[m], tg.rows[m], k, row, lane, xq, act_stride, x, acc);
+  RowSet<R> rs;
+#pragma unroll
+  for (int i = 0; i < R; ++i) set_row<D>(tg.w[m], tg.rows[m], k, row + i, &rs.w[i], &rs.s[i]);
+  row_dot<D, R, NT>(rs, k, lane, xq, act_stride, x, acc);
   const int64_t ldy = tg.rows[m];
 #pragma unroll
   for (int i = 0; i < R; ++i)
@@ -240,14 +260,17 @@ __global__ void __launch_bounds__(128) gemv_gated_kernel(const uint8_t* gate, co
   const int64_t row = blockIdx.x * 4 + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;
-  float g[1][NT], u[1][NT];
+  // The gate and up rows stream together: one pass, twice the bytes in flight.
+  float acc[2][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) g[0][t] = u[0][t] = 0.0f;
-  row_dot<D, 1, NT>(gate, rows, k, row, lane, xq, act_stride, x, g);
-  row_dot<D, 1, NT>(up, rows, k, row, lane, xq, act_stride, x, u);
+  for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+  RowSet<2> rs;
+  set_row<D>(gate, rows, k, row, &rs.w[0], &rs.s[0]);
+  set_row<D>(up, rows, k, row, &rs.w[1], &rs.s[1]);
+  row_dot<D, 2, NT>(rs, k, lane, xq, act_stride, x, acc);
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    const float gv = warp_sum(g[0][t]), uv = warp_sum(u[0][t]);
+    const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
     if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
   }
 }
