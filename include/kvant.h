@@ -118,6 +118,10 @@ kvant_status kvant_session_prefill(kvant_session* session, const int32_t* ids, s
 kvant_status kvant_session_sync(kvant_session* session, const int32_t* ids, size_t n_ids);
 /* Evaluates one token. */
 kvant_status kvant_session_decode(kvant_session* session, int32_t token);
+/* Evaluates ids after the tokens the session holds and writes to logprobs[i] the natural
+ * log-probability of ids[i] given everything before it (logprobs[0] is 0 when the session
+ * held nothing). For perplexity and scoring; n_ids floats of output. */
+kvant_status kvant_session_score(kvant_session* session, const int32_t* ids, size_t n_ids, float* logprobs);
 /* The last evaluated token's logits (vocab_size floats), or NULL before any evaluation.
  * Valid until the next call that evaluates. */
 const float* kvant_session_logits(const kvant_session* session);

@@ -333,6 +333,15 @@ kvant_status kvant_session_sync(kvant_session* s, const int32_t* ids, size_t n) 
   });
 }
 
+kvant_status kvant_session_score(kvant_session* s, const int32_t* ids, size_t n, float* logprobs) {
+  if (!s || ((!ids || !logprobs) && n > 0))
+    return fail(KVANT_ERR_INVALID_ARGUMENT, "kvant_session_score: NULL session, ids or output");
+  return guarded([&] {
+    const Status st = s->session->score(std::span<const int32_t>(ids, n), std::span<float>(logprobs, n));
+    return st ? ok() : fail(st);
+  });
+}
+
 kvant_status kvant_session_decode(kvant_session* s, int32_t token) { return kvant_session_prefill(s, &token, 1); }
 
 const float* kvant_session_logits(const kvant_session* s) {

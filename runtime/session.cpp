@@ -4,7 +4,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "format/mapped_file.h"
@@ -111,7 +113,39 @@ Status Session::sync(std::span<const int32_t> tokens) {
   return append(tokens.subspan(common));
 }
 
-std::span<const float> Session::logits() const { return has_logits_ ? ctx_->logits(0) : std::span<const float>(); }
+namespace {
+// log softmax(row)[token], in double.
+double log_prob(std::span<const float> row, int32_t token) {
+  double m = row[0];
+  for (float v : row) m = std::max(m, static_cast<double>(v));
+  double sum = 0;
+  for (float v : row) sum += std::exp(static_cast<double>(v) - m);
+  return static_cast<double>(row[static_cast<size_t>(token)]) - m - std::log(sum);
+}
+}  // namespace
+
+Status Session::score(std::span<const int32_t> tokens, std::span<float> logprobs) {
+  if (logprobs.size() < tokens.size())
+    return Status::error(ErrorCode::invalid_argument, "score: {} outputs for {} tokens", logprobs.size(), tokens.size());
+  const auto batch = static_cast<size_t>(ctx_->options().n_batch);
+  std::vector<float> last;  // the logits before the next chunk's first token
+  if (has_logits_) last.assign(logits().begin(), logits().end());
+  for (size_t i = 0; i < tokens.size(); i += batch) {
+    const auto chunk = tokens.subspan(i, std::min(batch, tokens.size() - i));
+    KVANT_TRY(ctx_->eval(seq_, chunk, /*all_logits=*/true));
+    has_logits_ = true;
+    logprobs[i] = last.empty() ? 0.0f : static_cast<float>(log_prob(last, chunk[0]));
+    for (size_t j = 1; j < chunk.size(); ++j)
+      logprobs[i + j] = static_cast<float>(log_prob(ctx_->logits(static_cast<int64_t>(j - 1)), chunk[j]));
+    const auto tail = ctx_->logits(static_cast<int64_t>(chunk.size() - 1));
+    last.assign(tail.begin(), tail.end());
+  }
+  return Status::ok();
+}
+
+std::span<const float> Session::logits() const {  // the last row: all-logits evaluations (score) hold several
+  return has_logits_ ? ctx_->logits(ctx_->n_logit_rows() - 1) : std::span<const float>();
+}
 
 void Session::reset() {
   ctx_->kv_cache().truncate(seq_, 0);

@@ -28,6 +28,10 @@ class Session {
   // holds and evaluates only the rest (a new chat turn prefills only its new tokens).
   // At least the last token is evaluated, so its logits are current.
   Status sync(std::span<const int32_t> tokens);
+  // Evaluates `tokens` after the ones held and writes log p(tokens[i] | everything
+  // before it) to logprobs[i] (natural log, computed in double); logprobs[0] is 0 when
+  // the session held nothing. Chunks of n_batch tokens, so memory stays n_batch rows.
+  Status score(std::span<const int32_t> tokens, std::span<float> logprobs);
   // Logits of the last evaluated token (vocab floats); empty before any evaluation.
   std::span<const float> logits() const;
   void reset();

@@ -227,6 +227,29 @@ TEST(Api, TwoThreadsOnOneModelMatchSequential) {
   EXPECT_FALSE(a.empty());
 }
 
+// kvant-perplexity's sliding windows and scores against transformers on a fixture
+// (tools/make-perplexity-golden): float32 weights and KV, so the same to ~1e-5.
+TEST(Tools, PerplexityMatchesTransformers) {
+  std::ifstream in(kvant::test::data_dir() + "/perplexity/llama.json");
+  const auto g = nlohmann::json::parse(in);
+  const std::string dir = kvant::test::temp_dir(), model = dir + "/ppl-llama-f32.kvant", text = dir + "/ppl.txt";
+  auto r = kvant::test::run_command(bin("kvant-convert") + " '" + kvant::test::fixture_dir("llama") +
+                                    "' --dtype f32 --quiet -o '" + model + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ofstream(text, std::ios::binary) << g["text"].get<std::string>();
+  r = kvant::test::run_command(bin("kvant-perplexity") + " -m '" + model + "' -f '" + text + "' --kv f32 -c " +
+                               std::to_string(g["ctx"].get<int>()) + " --stride " +
+                               std::to_string(g["stride"].get<int>()) + " --json -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(0, r.output.find('\n')));
+  const double got = j["perplexity"], want = g["perplexity"];
+  std::printf("kvant-perplexity %.6f, transformers %.6f (%lld tokens scored)\n", got, want,
+              static_cast<long long>(j["scored"].get<int64_t>()));
+  EXPECT_EQ(j["scored"], g["scored"]);
+  EXPECT_NEAR(got / want, 1.0, 1e-4);
+  EXPECT_NE(r.output.find("perplexity: "), std::string::npos);
+}
+
 // Peak RSS of a one-shot kvant-chat on a q4 file: at most the file, the KV cache of its
 // context and 64 MiB.
 TEST(Api, ChatPeakMemoryIsFileKvCacheAnd64MiB) {
