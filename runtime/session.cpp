@@ -114,12 +114,18 @@ Status Session::sync(std::span<const int32_t> tokens) {
 }
 
 namespace {
-// log softmax(row)[token], in double.
+// log softmax(row)[token]: float exponentials (they vectorize), summed in double.
 double log_prob(std::span<const float> row, int32_t token) {
-  double m = row[0];
-  for (float v : row) m = std::max(m, static_cast<double>(v));
+  float m = row[0];
+  for (float v : row) m = std::max(m, v);
   double sum = 0;
-  for (float v : row) sum += std::exp(static_cast<double>(v) - m);
+  constexpr size_t kStep = 256;
+  for (size_t i = 0; i < row.size(); i += kStep) {
+    float part = 0.0f;
+    const size_t end = std::min(row.size(), i + kStep);
+    for (size_t j = i; j < end; ++j) part += std::exp(row[j] - m);
+    sum += part;
+  }
   return static_cast<double>(row[static_cast<size_t>(token)]) - m - std::log(sum);
 }
 }  // namespace
@@ -135,8 +141,11 @@ Status Session::score(std::span<const int32_t> tokens, std::span<float> logprobs
     KVANT_TRY(ctx_->eval(seq_, chunk, /*all_logits=*/true));
     has_logits_ = true;
     logprobs[i] = last.empty() ? 0.0f : static_cast<float>(log_prob(last, chunk[0]));
-    for (size_t j = 1; j < chunk.size(); ++j)
-      logprobs[i + j] = static_cast<float>(log_prob(ctx_->logits(static_cast<int64_t>(j - 1)), chunk[j]));
+    // Rows in parallel: a 50k-word vocabulary makes this as costly as a small model's pass.
+    const auto rows = static_cast<int64_t>(chunk.size());
+#pragma omp parallel for num_threads(std::max(1, ctx_->options().threads)) schedule(static)
+    for (int64_t j = 1; j < rows; ++j)
+      logprobs[i + static_cast<size_t>(j)] = static_cast<float>(log_prob(ctx_->logits(j - 1), chunk[static_cast<size_t>(j)]));
     const auto tail = ctx_->logits(static_cast<int64_t>(chunk.size() - 1));
     last.assign(tail.begin(), tail.end());
   }

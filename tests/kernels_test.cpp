@@ -146,10 +146,9 @@ TEST(Kernels, QuantizedMatmulIsTheDotOfDequantizedOperands) {
     for (int64_t r = 0; r < rows; ++r) {
       cpu::dequantize_row(dtype, w.data(), rows, cols, r, wrow.data());
       double want = 0;
-      // q8 weights take the activations' residual byte too: x ≈ scale · (q + lo/256).
+      // The activations with their residual byte: x ≈ scale · (q + lo/256).
       for (int64_t k = 0; k < cols; ++k)
-        want += static_cast<double>(wrow[k]) * rec.scale[k / 32] *
-                (rec.q[k] + (dtype == DType::q8 ? rec.lo[k] / 256.0 : 0.0));
+        want += static_cast<double>(wrow[k]) * rec.scale[k / 32] * (rec.q[k] + rec.lo[k] / 256.0);
       EXPECT_NEAR(y[r], want, 1e-4 * std::fabs(want) + 1e-5) << dtype_name(dtype) << " row " << r;
     }
   }

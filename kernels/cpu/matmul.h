@@ -31,10 +31,11 @@ struct WeightMatrix {
 //   uint8 qu[k]         q + 128: the unsigned operand of VNNI dot products with q8 weights
 //   int8  lo[k]         the rounding residual in 1/256 steps: x ≈ scale_b · (q + lo/256)
 //   float scale[k/32]
-//   float corr[k/32]    8 · scale_b · Σ_{j in b} q_j: removes the +8 offset of q4 nibbles
-// q8 weights multiply q + lo/256 (16-bit activations: two int8 dot products, so
-// the int8 rounding of activations adds no error that the weights' does not dwarf);
-// q4 weights multiply q alone. k must be a multiple of 64.
+//   float corr[k/32]    8 · scale_b · Σ_{j in b} (q_j + lo_j/256): removes the +8 offset of
+//                       q4 nibbles
+// Quantized weights multiply q + lo/256: 16-bit activations as two int8 dot products,
+// so rounding the activations adds no error beside the weights' own (the GPU's
+// prefill multiplies f16 activations; CPU and GPU then agree). k must be a multiple of 64.
 size_t act_record_bytes(int64_t k);
 void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level = active_simd_level());
 

@@ -70,12 +70,14 @@ void quantize_acts_avx2(const float* x, int64_t k, uint8_t* record) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), p8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + b * 32), pack(lv));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qu + b * 32), _mm256_xor_si256(p8, _mm256_set1_epi8(-128)));
-    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3]));
+    const __m256i s = _mm256_add_epi32(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3])), 8),
+        _mm256_add_epi32(_mm256_add_epi32(lv[0], lv[1]), _mm256_add_epi32(lv[2], lv[3])));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
     scale[b] = d;
-    corr[b] = 8.0f * d * static_cast<float>(_mm_cvtsi128_si32(s4));
+    corr[b] = 8.0f * d * static_cast<float>(_mm_cvtsi128_si32(s4)) * (1.0f / 256.0f);
   }
 }
 
@@ -95,7 +97,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
       for (int j = 0; j < T; ++j) {
         const ActRecord x(a.xq + (t + j) * rec, k);
         s[i][j] = _mm256_mul_ps(sw, load8_partial(x.scale + g, nb));
-        if constexpr (D == DType::q8) s[i][j] = _mm256_mul_ps(s[i][j], _mm256_set1_ps(1.0f / 256.0f));
+        s[i][j] = _mm256_mul_ps(s[i][j], _mm256_set1_ps(1.0f / 256.0f));
         if constexpr (D == DType::q4) acc[i][j] = _mm256_fnmadd_ps(sw, load8_partial(x.corr + g, nb), acc[i][j]);
       }
     }
@@ -105,7 +107,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
       for (int j = 0; j < T; ++j) {
         const ActRecord x(a.xq + (t + j) * rec, k);
         xv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + block * 32));
-        if constexpr (D == DType::q8) xlv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo + block * 32));
+        xlv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo + block * 32));
       }
       const __m256i lane = _mm256_set1_epi32(b);
       for (int i = 0; i < R; ++i) {
@@ -119,9 +121,11 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
         }
         for (int j = 0; j < T; ++j) {
           __m256i d32;
-          if constexpr (D == DType::q4) {
-            d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[j]), ones);
-          } else {  // 256 · Σ w·q + Σ w·lo (the 1/256 is in the scale)
+          if constexpr (D == DType::q4) {  // 256 · Σ w·q + Σ w·lo (the 1/256 is in the scale)
+            const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[j]), ones);
+            const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xlv[j]), ones);
+            d32 = _mm256_add_epi32(_mm256_slli_epi32(hi, 8), lo);
+          } else {
             const __m256i aw = _mm256_abs_epi8(wv);
             const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[j], wv)), ones);
             const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xlv[j], wv)), ones);

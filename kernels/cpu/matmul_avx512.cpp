@@ -50,9 +50,12 @@ void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
     const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), bytes);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qu + b * 32), _mm256_xor_si256(bytes, _mm256_set1_epi8(-128)));
-    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    const __m512i l0 = _mm512_cvtepi8_epi32(_mm256_castsi256_si128(lo_bytes));
+    const __m512i l1 = _mm512_cvtepi8_epi32(_mm256_extracti128_si256(lo_bytes, 1));
+    const int32_t sum = 256 * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1)) +
+                        _mm512_reduce_add_epi32(_mm512_add_epi32(l0, l1));
     scale[b] = d;
-    corr[b] = 8.0f * d * static_cast<float>(sum);
+    corr[b] = 8.0f * d * static_cast<float>(sum) * (1.0f / 256.0f);
   }
 }
 
@@ -93,8 +96,8 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
     xs[j] = rec_j.scale;
     xc[j] = rec_j.corr;
   }
-  // q8: the int32 sums are 256 · Σ w·q + Σ w·lo; the 1/256 goes into the scale.
-  const __m512 sx_unit = _mm512_set1_ps(D == DType::q8 ? 1.0f / 256.0f : 1.0f);
+  // The int32 sums are 256 · Σ w·q + Σ w·lo; the 1/256 goes into the scale.
+  const __m512 sx_unit = _mm512_set1_ps(1.0f / 256.0f);
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -119,6 +122,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
       for (int j = 0; j < T; ++j) {
         if constexpr (D == DType::q4) {
           xv[j] = _mm512_loadu_si512(xq[j] + chunk * 64);
+          xlv[j] = _mm512_loadu_si512(xl[j] + chunk * 64);
         } else {
           xv[j] = _mm512_loadu_si512(xu[j] + chunk * 64);
           xlv[j] = _mm512_xor_si512(_mm512_loadu_si512(xl[j] + chunk * 64), _mm512_set1_epi8(-128));  // lo + 128
@@ -140,7 +144,8 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
         for (int j = 0; j < T; ++j) {
           __m512i dp;
           if constexpr (D == DType::q4) {
-            dp = _mm512_dpbusd_epi32(base, wv, xv[j]);
+            const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(base, wv, xv[j]), 8);
+            dp = _mm512_dpbusd_epi32(hi, wv, xlv[j]);
           } else {
             const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(base, xv[j], wv), 8);
             dp = _mm512_dpbusd_epi32(_mm512_add_epi32(hi, base), xlv[j], wv);

@@ -1,7 +1,7 @@
 // Scalar reference of the matmul kernels: the definition the SIMD versions are tested
 // against. Quantized weights use exactly the integer arithmetic of the SIMD kernels
-// (int8 activations plus, for q8 weights, their int8 residual; per-block integer dot
-// products); only the order of the float additions differs.
+// (int8 activations plus their int8 residual; per-block integer dot products); only
+// the order of the float additions differs.
 #include <cmath>
 #include <cstring>
 
@@ -33,10 +33,10 @@ void quantize_acts_reference(const float* x, int64_t k, uint8_t* record) {
       q[b * 32 + j] = v;
       qu[b * 32 + j] = static_cast<uint8_t>(v + 128);
       lo[b * 32 + j] = static_cast<int8_t>(std::fmin(std::fmax(round_even((t - r) * 256.0f), -127.0f), 127.0f));
-      sum += v;
+      sum += 256 * v + lo[b * 32 + j];
     }
     scale[b] = d;
-    corr[b] = 8.0f * d * static_cast<float>(sum);
+    corr[b] = 8.0f * d * static_cast<float>(sum) * (1.0f / 256.0f);
   }
 }
 
@@ -104,7 +104,7 @@ void matmul_q8(const MatmulArgs& a, int64_t r0, int64_t r1) {
 void matmul_q4(const MatmulArgs& a, int64_t r0, int64_t r1) {
   const uint8_t* q = a.w.data;
   const int64_t k = a.w.cols;
-  matmul_quantized<false>(a, r0, r1, [q, k](int64_t r, int64_t j) {
+  matmul_quantized<true>(a, r0, r1, [q, k](int64_t r, int64_t j) {
     const uint8_t byte = q[r * k / 2 + (j / 64) * 32 + (j % 32)];
     return static_cast<int32_t>((j % 64) < 32 ? (byte & 0x0f) : (byte >> 4)) - 8;
   });

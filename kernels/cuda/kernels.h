@@ -78,8 +78,8 @@ void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tok
 // ---- matmul -----------------------------------------------------------------------------
 
 // int8 activations for dp4a GEMV: per token int8 q[k] | int8 lo[k] (the residual in 1/256
-// steps, for q8 weights, as on the CPU) | float scale[k/32] | int32 sum16[k/16] (the sum
-// of each 16 quants), act_bytes(k) bytes, 16-byte aligned.
+// steps, as on the CPU) | float scale[k/32] | int32 sum16[k/16] (Σ 256·q + lo over each
+// 16 values, for q4's +8 offset), act_bytes(k) bytes, 16-byte aligned.
 size_t act_bytes(int64_t k);
 void quantize_acts(const float* x, int64_t n, int64_t k, uint8_t* out, cudaStream_t stream);
 

@@ -47,7 +47,7 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   quantize_act(v, id, &q, &lo);
   reinterpret_cast<int8_t*>(rec)[warp * 32 + lane] = q;
   reinterpret_cast<int8_t*>(rec + k)[warp * 32 + lane] = lo;
-  int s = q;
+  int s = 256 * q + lo;
 #pragma unroll
   for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // sums within each half-warp
   if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[warp] = d;
@@ -105,22 +105,31 @@ __device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, int lane
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const ActView xa = act_view(xq, k, t, act_stride);
+        // The two runs' activations (q) and their residuals (r): x ≈ scale · (q + r/256).
         const uint4 xl = *reinterpret_cast<const uint4*>(xa.q + lo_elem);
         const uint4 xh = *reinterpret_cast<const uint4*>(xa.q + hi_elem);
-        const int sl = 8 * xa.sum16[lo_elem / 16], sh = 8 * xa.sum16[hi_elem / 16];
-        const float xsl = xa.scale[2 * g], xsh = xa.scale[2 * g + 1];
+        const uint4 rl = *reinterpret_cast<const uint4*>(xa.lo + lo_elem);
+        const uint4 rh = *reinterpret_cast<const uint4*>(xa.lo + hi_elem);
+        const int sl = 8 * xa.sum16[lo_elem / 16], sh = 8 * xa.sum16[hi_elem / 16];  // 8 · Σ (256q + r)
+        const float xsl = xa.scale[2 * g] * (1.0f / 256.0f), xsh = xa.scale[2 * g + 1] * (1.0f / 256.0f);
+        const int xls[4] = {static_cast<int>(xl.x), static_cast<int>(xl.y), static_cast<int>(xl.z), static_cast<int>(xl.w)};
+        const int xhs[4] = {static_cast<int>(xh.x), static_cast<int>(xh.y), static_cast<int>(xh.z), static_cast<int>(xh.w)};
+        const int rls[4] = {static_cast<int>(rl.x), static_cast<int>(rl.y), static_cast<int>(rl.z), static_cast<int>(rl.w)};
+        const int rhs[4] = {static_cast<int>(rh.x), static_cast<int>(rh.y), static_cast<int>(rh.z), static_cast<int>(rh.w)};
 #pragma unroll
         for (int i = 0; i < R; ++i) {
           const uint32_t words[4] = {packed[i].x, packed[i].y, packed[i].z, packed[i].w};
-          const int xls[4] = {static_cast<int>(xl.x), static_cast<int>(xl.y), static_cast<int>(xl.z), static_cast<int>(xl.w)};
-          const int xhs[4] = {static_cast<int>(xh.x), static_cast<int>(xh.y), static_cast<int>(xh.z), static_cast<int>(xh.w)};
-          int dl = 0, dh = 0;
+          int dl = 0, dh = 0, el = 0, eh = 0;
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            dl = __dp4a(static_cast<int>(words[j] & 0x0f0f0f0fu), xls[j], dl);
-            dh = __dp4a(static_cast<int>((words[j] >> 4) & 0x0f0f0f0fu), xhs[j], dh);
+            const int nl = static_cast<int>(words[j] & 0x0f0f0f0fu), nh = static_cast<int>((words[j] >> 4) & 0x0f0f0f0fu);
+            dl = __dp4a(nl, xls[j], dl);
+            dh = __dp4a(nh, xhs[j], dh);
+            el = __dp4a(nl, rls[j], el);
+            eh = __dp4a(nh, rhs[j], eh);
           }
-          acc[i][t] += static_cast<float>(dl - sl) * sw[i].x * xsl + static_cast<float>(dh - sh) * sw[i].y * xsh;
+          acc[i][t] += static_cast<float>(256 * dl + el - sl) * sw[i].x * xsl +
+                       static_cast<float>(256 * dh + eh - sh) * sw[i].y * xsh;
         }
       }
     }

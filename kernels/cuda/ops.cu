@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
     quantize_act(val, d > 0.0f ? 1.0f / d : 0.0f, &qv, &lo);
     reinterpret_cast<int8_t*>(rec)[i] = qv;
     reinterpret_cast<int8_t*>(rec + n)[i] = lo;
-    int s = qv;
+    int s = 256 * qv + lo;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     const int64_t b = i / 32;
