@@ -153,6 +153,9 @@ Result<std::shared_ptr<const CudaWeights>> CudaWeights::upload(const Model& mode
 Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Model& model, std::shared_ptr<const CudaWeights> weights,
                                                            const KvLayout& layout, uint32_t n_pages, int64_t n_ctx,
                                                            int32_t max_seqs, int64_t max_tokens) {
+  if (layout.page_tokens != kPageTokens)  // the kernels' page arithmetic assumes it
+    return Status::error(ErrorCode::unsupported, "the GPU kernels need {}-token KV pages, not {}", kPageTokens,
+                         layout.page_tokens);
   std::unique_ptr<CudaExecutor> x(new CudaExecutor());
   x->model_ = &model;
   x->weights_ = std::move(weights);

@@ -14,6 +14,9 @@ namespace kvant::cuda {
 namespace {
 
 constexpr int kSplit = 64;       // positions per split-K block
+// Pages are kPageTokens long on the GPU (CudaExecutor::create checks): a constant, so
+// the position → page arithmetic in the inner loops is shifts, not 64-bit divisions
+// (which cost ~100 instructions each and made decode attention compute-bound).
 
 // E = elements per lane: 1 (head_dim ≤ 32), 2 (64), 4 (128) or 8 (256), a template
 // parameter so that every per-lane array stays in registers.
@@ -30,7 +33,7 @@ __device__ __forceinline__ bool rotated(KvType t, int hd) { return t == KvType::
 
 __device__ __forceinline__ uint8_t* region(const DeviceKv& kv, int slot, int64_t pos, uint32_t layer, uint32_t kind,
                                            uint32_t head) {
-  const int32_t page = kv.page_table[static_cast<int64_t>(slot) * kv.max_pages + pos / kv.layout.page_tokens];
+  const int32_t page = kv.page_table[static_cast<int64_t>(slot) * kv.max_pages + pos / kPageTokens];
   return kv.base + static_cast<uint64_t>(page) * kv.layout.page_bytes() + kv.layout.region_offset(layer, kind, head);
 }
 
@@ -38,7 +41,7 @@ __device__ __forceinline__ uint8_t* region(const DeviceKv& kv, int slot, int64_t
 template <int E>
 __device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg, int64_t pos, Lanes<E> ln, int lane,
                                          float* x) {
-  const int64_t slot = pos % kv.layout.page_tokens;
+  const int64_t slot = pos % kPageTokens;
   const uint8_t* row = reg + slot * kv.layout.row_bytes();
   if (lane >= ln.active) {
 #pragma unroll
@@ -158,7 +161,7 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
   const int64_t pos = positions[t];
   if (kind == 0 && inv_freq) warp_rope<E>(x, ln, lane, pos, inv_freq);
   uint8_t* reg = region(kv, slots[t], pos, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
-  const int64_t slot = pos % kv.layout.page_tokens;
+  const int64_t slot = pos % kPageTokens;
   uint8_t* row = reg + slot * kv.layout.row_bytes();
   __half* scale = reinterpret_cast<__half*>(reg + kv.layout.scales_offset()) + slot;
   const int first = lane * E;
