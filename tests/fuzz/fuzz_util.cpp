@@ -1,14 +1,17 @@
 #include "tests/fuzz/fuzz_util.h"
 
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "convert/hf_tokenizer.h"
+#include "format/spec.h"
 #include "format/writer.h"
 
 namespace kvant::fuzz {
@@ -22,9 +25,9 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
-  auto imported = convert::parse_tokenizer_json(tokenizer_json, "fuzz");
-  if (!imported) return {};
+std::string fixture_path(const std::string& relative) { return std::string(KVANT_FUZZ_FIXTURES) + "/" + relative; }
+
+std::vector<uint8_t> kvant_image(const std::function<Status(KvantWriter&)>& fill) {
   char path[] = "/tmp/kvant-fuzz-XXXXXX";
   const int fd = mkstemp(path);
   if (fd < 0) return {};
@@ -32,15 +35,35 @@ std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
   std::vector<uint8_t> bytes;
   {
     KvantWriter w(path);
-    w.set("general.name", std::string("fuzz"));
-    imported->to_metadata(w);
-    if (w.begin() && w.commit()) {
+    if (fill(w) && w.commit()) {
       const std::string s = read_file(path);
       bytes.assign(s.begin(), s.end());
     }
   }
   unlink(path);
   return bytes;
+}
+
+std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
+  auto imported = convert::parse_tokenizer_json(tokenizer_json, "fuzz");
+  if (!imported) return {};
+  return kvant_image([&](KvantWriter& w) {
+    w.set("general.name", std::string("fuzz"));
+    imported->to_metadata(w);
+    return w.begin();
+  });
+}
+
+void repair_kvant_checksums(std::vector<uint8_t>& bytes) {
+  if (bytes.size() < spec::kPreambleSize) return;
+  uint64_t header_size;
+  std::memcpy(&header_size, bytes.data() + spec::kOffHeaderSize, 8);
+  if (header_size <= bytes.size() - spec::kPreambleSize) {
+    const uint64_t h = XXH3_64bits(bytes.data() + spec::kPreambleSize, header_size);
+    std::memcpy(bytes.data() + spec::kOffHeaderChecksum, &h, 8);
+  }
+  const uint64_t p = XXH3_64bits(bytes.data(), spec::kOffPreambleChecksum);
+  std::memcpy(bytes.data() + spec::kOffPreambleChecksum, &p, 8);
 }
 
 namespace {
@@ -68,7 +91,7 @@ std::unique_ptr<LoadedTokenizer> load(const std::string& tokenizer_json) {
 std::vector<std::unique_ptr<LoadedTokenizer>>& fixture_tokenizers() {
   static std::vector<std::unique_ptr<LoadedTokenizer>> all = [] {
     using nlohmann::ordered_json;
-    const std::string dir = std::string(KVANT_FUZZ_FIXTURES) + "/tokenizers/";
+    const std::string dir = fixture_path("tokenizers/");
     std::vector<std::unique_ptr<LoadedTokenizer>> v;
     for (const char* name : {"tok-bytelevel-gpt2", "tok-bytelevel-llama3", "tok-bytelevel-qwen2", "tok-sentencepiece"})
       v.push_back(load(read_file(dir + name + "/tokenizer.json")));
