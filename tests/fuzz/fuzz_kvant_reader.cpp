@@ -10,12 +10,12 @@
 #include "runtime/chat_template.h"
 #include "runtime/context.h"
 #include "runtime/tokenizer.h"
-#include "tests/fuzz/fuzz_util.h"
+#include "tests/raw_kvant.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvant;
   std::vector<uint8_t> bytes(data, data + size);
-  fuzz::repair_kvant_checksums(bytes);
+  test::repair_checksums(bytes);
   auto opened = KvantFile::from_memory(bytes);
   if (!opened) return 0;
   std::unique_ptr<KvantFile> file = std::move(opened).value();

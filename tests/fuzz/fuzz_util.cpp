@@ -1,17 +1,14 @@
 #include "tests/fuzz/fuzz_util.h"
 
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "convert/hf_tokenizer.h"
-#include "format/spec.h"
 #include "format/writer.h"
 
 namespace kvant::fuzz {
@@ -52,18 +49,6 @@ std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
     imported->to_metadata(w);
     return w.begin();
   });
-}
-
-void repair_kvant_checksums(std::vector<uint8_t>& bytes) {
-  if (bytes.size() < spec::kPreambleSize) return;
-  uint64_t header_size;
-  std::memcpy(&header_size, bytes.data() + spec::kOffHeaderSize, 8);
-  if (header_size <= bytes.size() - spec::kPreambleSize) {
-    const uint64_t h = XXH3_64bits(bytes.data() + spec::kPreambleSize, header_size);
-    std::memcpy(bytes.data() + spec::kOffHeaderChecksum, &h, 8);
-  }
-  const uint64_t p = XXH3_64bits(bytes.data(), spec::kOffPreambleChecksum);
-  std::memcpy(bytes.data() + spec::kOffPreambleChecksum, &p, 8);
 }
 
 namespace {

@@ -35,10 +35,6 @@ std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json);
 // Metaspace and flagged added tokens. Exits on failure: the fuzzer cannot run without.
 std::vector<std::unique_ptr<LoadedTokenizer>>& fixture_tokenizers();
 
-// Rewrites the preamble and header checksums of a .kvant image (where the header size
-// lets them be computed), so that a mutated image reaches the checks behind them.
-void repair_kvant_checksums(std::vector<uint8_t>& bytes);
-
 std::string read_file(const std::string& path);
 std::string fixture_path(const std::string& relative);  // tests/data/fixtures/<relative>
 
