@@ -1,7 +1,7 @@
 // Writes the generated seed files of the fuzz corpora (tests/fuzz/corpus/<target>/seed-*):
 // .kvant files converted from the fixtures, saved sessions, safetensors inputs, and the
 // fixtures' JSON files with the selector byte their target expects. Run from the fuzz
-// build when a format changes:  build-fuzz/bin/fuzz_seeds tests/fuzz/corpus
+// build when a format changes:  build-asan/bin/fuzz_seeds tests/fuzz/corpus
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
