@@ -6,6 +6,10 @@
 //     q8 when --dtype q4 (override with --head-dtype); otherwise it follows --dtype;
 //   * every other matrix is stored as --dtype; a quantized type needs rows whose
 //     length is a multiple of 64, and a matrix that does not fit falls back to F16.
+// Source values that are NaN or infinite are refused, not converted: the error names the
+// checkpoint tensor, the kvant tensor it feeds and the index of the first bad element
+// (row-major in the source). A finite value outside the target type's range (f16, or
+// a quantized type's scale) is refused the same way, naming the rows.
 #pragma once
 
 #include <cmath>

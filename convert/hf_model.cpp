@@ -1,5 +1,6 @@
 #include "convert/hf_model.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 namespace kvant::convert {
@@ -41,11 +42,13 @@ class ConfigReader {
   }
 
   Result<uint32_t> u32_of(std::string_view key, const json& v) const {
-    if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))))
-      return error(fmt::format("key '{}' must be an integer", key));
+    // Integers may be spelled as floats ("4096.0"); the range is checked on the double,
+    // before any conversion (a float-to-integer conversion out of range is undefined).
+    if (!v.is_number()) return error(fmt::format("key '{}' must be an integer", key));
     const double d = v.get<double>();
-    if (d < 0 || d > 4294967295.0) return error(fmt::format("key '{}' = {} is out of range", key, v.dump()));
-    return static_cast<uint32_t>(v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(d));
+    if (v.is_number_float() && d != std::floor(d)) return error(fmt::format("key '{}' must be an integer", key));
+    if (!(d >= 0 && d <= 4294967295.0)) return error(fmt::format("key '{}' = {} is out of range", key, v.dump()));
+    return static_cast<uint32_t>(d);
   }
   Result<float> f32_of(std::string_view key, const json& v) const {
     if (!v.is_number()) return error(fmt::format("key '{}' must be a number", key));
@@ -55,7 +58,7 @@ class ConfigReader {
 
  private:
   const json& j_;
-  const std::string& file_;
+  std::string file_;  // a copy: readers of nested objects are given temporary labels
 };
 
 // RoPE settings: transformers 4.x keeps rope_theta and rope_scaling at the top level,

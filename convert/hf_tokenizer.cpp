@@ -197,18 +197,13 @@ Result<TokenizerImport> parse_tokenizer_json(std::string_view text, const std::s
   return t;
 }
 
-Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& config, uint32_t vocab_size) {
-  const std::string tokenizer_path = (fs::path(dir) / "tokenizer.json").string();
-  std::error_code ec;
-  if (!fs::exists(tokenizer_path, ec))
-    return Status::error(ErrorCode::io, "'{}' has no tokenizer.json (kvant needs the Hugging Face fast tokenizer file)",
-                         dir);
-  KVANT_ASSIGN_OR_RETURN(const std::string text, read_text_file(tokenizer_path));
-  KVANT_ASSIGN_OR_RETURN(TokenizerImport t, parse_tokenizer_json(text, tokenizer_path));
+Status apply_tokenizer_files(TokenizerImport& t, const TokenizerSideFiles& files, const json& config,
+                             uint32_t vocab_size) {
+  const fs::path dir(files.dir);
   if (t.tokens.size() > vocab_size)
     return Status::error(ErrorCode::invalid_argument,
-                         "{}: the tokenizer defines token id {} but the model's vocab_size is {}", tokenizer_path,
-                         t.tokens.size() - 1, vocab_size);
+                         "{}: the tokenizer defines token id {} but the model's vocab_size is {}",
+                         (dir / "tokenizer.json").string(), t.tokens.size() - 1, vocab_size);
 
   std::unordered_map<std::string_view, uint32_t> ids;
   for (uint32_t i = 0; i < t.tokens.size(); ++i)
@@ -220,9 +215,9 @@ Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& con
   };
 
   // tokenizer_config.json: special tokens, BOS/EOS flags, chat templates.
-  const std::string tc_path = (fs::path(dir) / "tokenizer_config.json").string();
-  if (fs::exists(tc_path, ec)) {
-    KVANT_ASSIGN_OR_RETURN(const json tc, load_json(tc_path));
+  if (files.tokenizer_config) {
+    const std::string tc_path = (dir / "tokenizer_config.json").string();
+    const json& tc = *files.tokenizer_config;
     if (!tc.is_object()) return bad(tc_path, "not a JSON object");
     auto special = [&](const char* key) { return tc.contains(key) ? token_content(tc[key]) : std::nullopt; };
     t.bos_id = id_of(special("bos_token"));
@@ -235,9 +230,8 @@ Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& con
     json named = json::object();
     for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
       if (const auto content = special(key)) named[key] = *content;
-    const std::string stm_path = (fs::path(dir) / "special_tokens_map.json").string();
-    if (!tc.contains("added_tokens_decoder") && fs::exists(stm_path, ec)) {
-      KVANT_ASSIGN_OR_RETURN(const json stm, load_json(stm_path));
+    if (!tc.contains("added_tokens_decoder") && files.special_tokens_map) {
+      const json& stm = *files.special_tokens_map;
       if (stm.is_object())
         for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
           if (stm.contains(key))
@@ -265,24 +259,23 @@ Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& con
     }
   }
   // Newer transformers save the template beside the config.
-  const std::string jinja_path = (fs::path(dir) / "chat_template.jinja").string();
-  if (fs::exists(jinja_path, ec)) {
-    KVANT_ASSIGN_OR_RETURN(t.chat_template, read_text_file(jinja_path));
-  } else if (const std::string ctj = (fs::path(dir) / "chat_template.json").string(); fs::exists(ctj, ec)) {
-    KVANT_ASSIGN_OR_RETURN(const json c, load_json(ctj));
+  if (files.chat_template_jinja) {
+    t.chat_template = *files.chat_template_jinja;
+  } else if (files.chat_template_json) {
+    const json& c = *files.chat_template_json;
     if (c.is_object() && c.contains("chat_template") && c["chat_template"].is_string())
       t.chat_template = c["chat_template"].get<std::string>();
   }
-  if (!is_valid_utf8(t.chat_template)) return bad(dir, "the chat template is not valid UTF-8");
+  if (!is_valid_utf8(t.chat_template)) return bad(files.dir, "the chat template is not valid UTF-8");
 
   // EOS ids: generation_config.json first, then config.json, then the tokenizer's eos token.
   auto add_eos = [&](const std::vector<uint32_t>& list) {
     for (uint32_t id : list)
       if (std::find(t.eos_ids.begin(), t.eos_ids.end(), id) == t.eos_ids.end()) t.eos_ids.push_back(id);
   };
-  const std::string gc_path = (fs::path(dir) / "generation_config.json").string();
-  if (fs::exists(gc_path, ec)) {
-    KVANT_ASSIGN_OR_RETURN(const json gc, load_json(gc_path));
+  if (files.generation_config) {
+    const std::string gc_path = (dir / "generation_config.json").string();
+    const json& gc = *files.generation_config;
     if (!gc.is_object()) return bad(gc_path, "not a JSON object");
     if (gc.contains("eos_token_id")) {
       KVANT_ASSIGN_OR_RETURN(const auto list, id_list(gc["eos_token_id"], gc_path + " eos_token_id"));
@@ -317,6 +310,44 @@ Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& con
   if (t.bos_id >= static_cast<int64_t>(vocab_size))
     return Status::error(ErrorCode::invalid_argument, "bos token id {} is not below the model's vocab_size {}",
                          t.bos_id, vocab_size);
+  return Status::ok();
+}
+
+Result<TokenizerImport> import_tokenizer(const std::string& dir, const json& config, uint32_t vocab_size) {
+  const std::string tokenizer_path = (fs::path(dir) / "tokenizer.json").string();
+  std::error_code ec;
+  if (!fs::exists(tokenizer_path, ec))
+    return Status::error(ErrorCode::io, "'{}' has no tokenizer.json (kvant needs the Hugging Face fast tokenizer file)",
+                         dir);
+  KVANT_ASSIGN_OR_RETURN(const std::string text, read_text_file(tokenizer_path));
+  KVANT_ASSIGN_OR_RETURN(TokenizerImport t, parse_tokenizer_json(text, tokenizer_path));
+
+  // The side files that exist, read and parsed; apply_tokenizer_files interprets them.
+  auto path = [&](const char* name) { return (fs::path(dir) / name).string(); };
+  TokenizerSideFiles files;
+  files.dir = dir;
+  json tc, stm, gc, ctj;
+  std::string jinja;
+  if (fs::exists(path("tokenizer_config.json"), ec)) {
+    KVANT_ASSIGN_OR_RETURN(tc, load_json(path("tokenizer_config.json")));
+    files.tokenizer_config = &tc;
+    if (tc.is_object() && !tc.contains("added_tokens_decoder") && fs::exists(path("special_tokens_map.json"), ec)) {
+      KVANT_ASSIGN_OR_RETURN(stm, load_json(path("special_tokens_map.json")));
+      files.special_tokens_map = &stm;
+    }
+  }
+  if (fs::exists(path("chat_template.jinja"), ec)) {
+    KVANT_ASSIGN_OR_RETURN(jinja, read_text_file(path("chat_template.jinja")));
+    files.chat_template_jinja = &jinja;
+  } else if (fs::exists(path("chat_template.json"), ec)) {
+    KVANT_ASSIGN_OR_RETURN(ctj, load_json(path("chat_template.json")));
+    files.chat_template_json = &ctj;
+  }
+  if (fs::exists(path("generation_config.json"), ec)) {
+    KVANT_ASSIGN_OR_RETURN(gc, load_json(path("generation_config.json")));
+    files.generation_config = &gc;
+  }
+  KVANT_TRY(apply_tokenizer_files(t, files, config, vocab_size));
   return t;
 }
 

@@ -41,6 +41,22 @@ struct TokenizerImport {
 // Parses tokenizer.json text (exposed for tests and fuzzing).
 Result<TokenizerImport> parse_tokenizer_json(std::string_view text, const std::string& file_label);
 
+// The files beside tokenizer.json, already read and parsed (null: the file is absent).
+struct TokenizerSideFiles {
+  std::string dir;                                     // the model directory, for messages
+  const nlohmann::json* tokenizer_config = nullptr;    // tokenizer_config.json
+  const nlohmann::json* special_tokens_map = nullptr;  // special_tokens_map.json (legacy)
+  const nlohmann::json* generation_config = nullptr;   // generation_config.json
+  const nlohmann::json* chat_template_json = nullptr;  // chat_template.json
+  const std::string* chat_template_jinja = nullptr;    // chat_template.jinja (wins over the others)
+};
+
+// Completes an import from parse_tokenizer_json with the side files and config.json:
+// special tokens, chat templates, EOS/BOS ids, generation defaults. No file access
+// (import_tokenizer reads the files; tests and fuzzing call this directly).
+Status apply_tokenizer_files(TokenizerImport& t, const TokenizerSideFiles& files, const nlohmann::json& config,
+                             uint32_t vocab_size);
+
 // Reads the tokenizer files of a model directory. `config` is config.json (for its
 // eos/bos ids); `vocab_size` is the model's embedding rows (token ids must be below it).
 Result<TokenizerImport> import_tokenizer(const std::string& dir, const nlohmann::json& config, uint32_t vocab_size);

@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
       "generation defaults.\n\n"
       "Precision rule: norm weights and biases stay F32; the output head (lm_head, or the tied\n"
       "embedding) is q8 when --dtype q4 (see --head-dtype); every other matrix takes --dtype, and a\n"
-      "matrix whose rows are not a multiple of 64 long falls back to F16 for q8/q4.\n\n"
+      "matrix whose rows are not a multiple of 64 long falls back to F16 for q8/q4. NaN or infinite\n"
+      "weights are refused with the tensor and the index of the first one.\n\n"
       "Architectures: Llama (Llama-2, Llama-3 incl. llama3 rope scaling, TinyLlama, SmolLM/SmolLM2),\n"
       "Mistral (sliding window), Qwen2 (QKV bias), GPT-2.\n"};
   app.footer("Examples:\n"

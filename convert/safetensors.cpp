@@ -148,12 +148,19 @@ Result<std::vector<SourceTensor>> parse_safetensors_header(std::string_view head
     t.size = bytes;
     out.push_back(std::move(t));
   }
+  // No two tensors share a byte. Each is compared with the one reaching furthest among
+  // those before it, not only its neighbour: an empty tensor in between must not hide
+  // an overlap. Empty tensors own no bytes.
   std::vector<const SourceTensor*> sorted;
-  for (const auto& t : out) sorted.push_back(&t);
+  for (const auto& t : out)
+    if (t.size > 0) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < sorted.size(); ++i)
-    if (sorted[i - 1]->begin + sorted[i - 1]->size > sorted[i]->begin && sorted[i]->size > 0)
-      return bad(file, fmt::format("tensors '{}' and '{}' overlap", sorted[i - 1]->name, sorted[i]->name));
+  const SourceTensor* furthest = nullptr;
+  for (const SourceTensor* t : sorted) {
+    if (furthest && furthest->begin + furthest->size > t->begin)
+      return bad(file, fmt::format("tensors '{}' and '{}' overlap", furthest->name, t->name));
+    if (!furthest || t->begin + t->size > furthest->begin + furthest->size) furthest = t;
+  }
   return out;
 }
 

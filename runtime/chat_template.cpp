@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/jinja/template.h"
+#include "runtime/tokenizer/unicode.h"
 
 namespace kvant {
 
@@ -127,7 +128,20 @@ Result<std::string> ChatTemplate::render(const ordered_json& messages, bool add_
 
 Result<std::string> ChatTemplate::render(std::span<const ChatMessage> messages, bool add_generation_prompt) const {
   ordered_json list = ordered_json::array();
-  for (const ChatMessage& m : messages) list.push_back({{"role", m.role}, {"content", m.content}});
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    // Refused here, with the message named: rendered, the bytes would reach the model as
+    // replacement characters or fail later at an offset into the whole conversation.
+    auto invalid = [&](const std::string& text, std::string_view what) -> Status {
+      const size_t bad = tok::find_invalid_utf8(text);
+      if (bad == std::string::npos) return Status::ok();
+      return Status::error(ErrorCode::invalid_argument, "message {} {} is not valid UTF-8: byte 0x{:02x} at offset {}",
+                           i, what, static_cast<uint8_t>(text[bad]), bad);
+    };
+    KVANT_TRY(invalid(m.role, "role"));
+    KVANT_TRY(invalid(m.content, fmt::format("({})", m.role)));
+    list.push_back({{"role", m.role}, {"content", m.content}});
+  }
   return render(list, add_generation_prompt);
 }
 

@@ -9,6 +9,12 @@
 #include "runtime/models/models.h"
 #if KVANT_HAVE_CUDA
 #include "runtime/cuda_backend.h"
+#else
+namespace kvant {
+// Built without CUDA no context has one; the empty definition completes the type that
+// Context's unique_ptr member names (clang requires it where the member is destroyed).
+class CudaExecutor {};
+}  // namespace kvant
 #endif
 
 namespace kvant {

@@ -38,8 +38,14 @@ uint64_t Model::decode_weight_bytes() const {
 }
 
 Result<std::shared_ptr<const Model>> Model::load(const std::string& path, bool verify_checksums) {
+  KVANT_ASSIGN_OR_RETURN(auto file, KvantFile::open(path, verify_checksums));
+  return from_file(std::move(file));
+}
+
+Result<std::shared_ptr<const Model>> Model::from_file(std::unique_ptr<KvantFile> file) {
   std::shared_ptr<Model> m(new Model());
-  KVANT_ASSIGN_OR_RETURN(m->file_, KvantFile::open(path, verify_checksums));
+  m->file_ = std::move(file);
+  const std::string& path = m->file_->path();
   auto config = ModelConfig::from_metadata(m->file_->metadata());
   if (!config) return config.status().with_context(path);
   m->config_ = *config;

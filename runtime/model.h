@@ -43,6 +43,8 @@ class Model {
   // that every tensor the architecture needs is present with the right shape and a
   // usable dtype, and builds the weight views. Errors name the file and tensor.
   static Result<std::shared_ptr<const Model>> load(const std::string& path, bool verify_checksums = false);
+  // The same checks and views on a file already open (KvantFile::from_memory in fuzzing).
+  static Result<std::shared_ptr<const Model>> from_file(std::unique_ptr<KvantFile> file);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

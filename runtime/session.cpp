@@ -66,9 +66,9 @@ Result<SessionFileInfo> parse_session_file(std::span<const uint8_t> b, const KvL
                   fmt::format("session file holds {} tokens, more than this session's context of {}", n_tokens, n_ctx));
   SessionFileInfo info;
   uint64_t off = kHeaderBytes;
-  if (n_tokens * 4 > b.size() - off) return bad("token list extends past the end of the file");
+  if (n_tokens > (b.size() - off) / 4) return bad("token list extends past the end of the file");
   info.tokens.resize(n_tokens);
-  std::memcpy(info.tokens.data(), b.data() + off, n_tokens * 4);
+  if (n_tokens > 0) std::memcpy(info.tokens.data(), b.data() + off, n_tokens * 4);  // data() may be null when empty
   for (int32_t t : info.tokens)
     if (t < 0 || t >= vocab_size) return bad(fmt::format("token id {} is outside the vocabulary", t));
   off += n_tokens * 4;

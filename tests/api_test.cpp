@@ -254,6 +254,8 @@ TEST(Tools, PerplexityMatchesTransformers) {
 // context and 64 MiB.
 TEST(Api, ChatPeakMemoryIsFileKvCacheAnd64MiB) {
   SKIP_WITHOUT_MODEL();
+  if (kvant::test::under_sanitizer())
+    GTEST_SKIP() << "under a sanitizer, peak RSS measures the sanitizer's shadow memory";
   const std::string path = model_path("q4");
   const int64_t n_ctx = 4096;
   kvant::api::Model model(path);

@@ -289,6 +289,21 @@ TEST(ConvertErrors, ConfigProblemsAreNamed) {
       {"type", [](json& j) { j["hidden_size"] = "64"; }, "must be an integer"},
       {"shape", [](json& j) { j["intermediate_size"] = 192; }, "but config.json implies"},
       {"act", [](json& j) { j["hidden_act"] = "relu"; }, "hidden_act 'relu'"},
+      {"huge-number", [](json& j) { j["hidden_size"] = 6.4e52; }, "key 'hidden_size' = 6.4e+52 is out of range"},
+      {"fraction", [](json& j) { j["hidden_size"] = 64.5; }, "key 'hidden_size' must be an integer"},
+      {"negative", [](json& j) { j["num_hidden_layers"] = -2; }, "key 'num_hidden_layers' = -2 is out of range"},
+      {"kv-heads", [](json& j) { j["num_key_value_heads"] = 3; }, "n_kv_heads = 3 is invalid: must divide n_heads (4)"},
+      {"odd-head-dim", [](json& j) { j["head_dim"] = 15; }, "head_dim = 15 is invalid"},
+      {"no-positions", [](json& j) { j["max_position_embeddings"] = 0; }, "max_seq_len = 0 is invalid"},
+      {"eps", [](json& j) { j["rms_norm_eps"] = -1; }, "norm_eps = -1 is invalid"},
+      {"not-object", [](json& j) { j = json::array({1, 2}); }, "config.json: not a JSON object"},
+      // A label of the nested object outlived by its reader (found by fuzz_hf_config).
+      {"rope-missing-key",
+       [](json& j) {
+         j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                              {"original_max_position_embeddings", 64}};
+       },
+       "config.json rope parameters: missing key 'high_freq_factor'"},
   };
   for (const auto& c : cases) {
     const std::string dir = copy_fixture("mistral", std::string("cfg-") + c.tag);
@@ -307,12 +322,39 @@ TEST(ConvertErrors, CheckpointProblemsAreNamed) {
   {
     const std::string dir = copy_fixture("mistral", "nan");
     rewrite_safetensors(dir, [](auto& t) { t["model.layers.0.self_attn.q_proj.weight"].second[5] = NAN; });
-    expect_failure(dir, "non-finite value");
+    expect_failure(dir, "checkpoint tensor 'model.layers.0.self_attn.q_proj.weight' (for 'layers.0.attn_q') has a "
+                        "non-finite value (nan) at element 5; kvant refuses to convert NaN or infinite weights");
   }
   {
     const std::string dir = copy_fixture("mistral", "inf");
-    rewrite_safetensors(dir, [](auto& t) { t["model.norm.weight"].second[0] = INFINITY; });
-    expect_failure(dir, "non-finite value");
+    rewrite_safetensors(dir, [](auto& t) {
+      t["model.norm.weight"].second[7] = INFINITY;
+      t["model.norm.weight"].second[9] = NAN;  // only the first is named
+    });
+    expect_failure(dir, "checkpoint tensor 'model.norm.weight' (for 'output_norm') has a non-finite value (inf) at element 7");
+  }
+  {
+    // A transposed source (GPT-2's Conv1D): the index is the source's, row-major.
+    const std::string dir = copy_fixture("gpt2", "inf-transposed");
+    rewrite_safetensors(dir, [](auto& t) { t.at("transformer.h.1.attn.c_attn.weight").second.at(1000) = -INFINITY; });
+    expect_failure(dir, "checkpoint tensor 'transformer.h.1.attn.c_attn.weight' (for 'layers.1.attn_q') has a non-finite value "
+                        "(-inf) at element 1000");
+  }
+  {
+    // An F16 source (the llama fixture's): a NaN bit pattern in element 3 of the embeddings.
+    const std::string dir = copy_fixture("llama", "nan-f16");
+    auto ckpt = convert::Checkpoint::open_dir(dir);
+    ASSERT_TRUE(ckpt);
+    const convert::SourceTensor* t = ckpt.value()->find("model.embed_tokens.weight");
+    ASSERT_EQ(t->type, convert::SourceType::f16);
+    const uint64_t at = t->begin + 3 * 2;
+    ckpt = Status::ok();
+    auto bytes = test::read_file(dir + "/model.safetensors");
+    bytes[at] = 0x00;
+    bytes[at + 1] = 0x7e;
+    test::write_file(dir + "/model.safetensors", bytes);
+    expect_failure(dir, "checkpoint tensor 'model.embed_tokens.weight' (for 'token_embd') has a non-finite value (nan) "
+                        "at element 3");
   }
   {
     const std::string dir = copy_fixture("mistral", "f16-range");
@@ -340,6 +382,27 @@ TEST(ConvertErrors, TokenizerProblemsAreNamed) {
     const std::string dir = copy_fixture("gpt2", "unknown-merge");
     edit_json(dir + "/tokenizer.json", [](json& j) { j["model"]["merges"][3] = json::array({"Ġ", "no-such-token"}); });
     expect_failure(dir, "names unknown token 'no-such-token'");
+  }
+  {
+    const std::string dir = copy_fixture("gpt2", "merge-result");
+    edit_json(dir + "/tokenizer.json", [](json& j) {
+      const std::string first = j["model"]["merges"][0].is_string() ? j["model"]["merges"][0].get<std::string>()
+                                                                     : j["model"]["merges"][0][0].get<std::string>() + " " +
+                                                                           j["model"]["merges"][0][1].get<std::string>();
+      const std::string merged = first.substr(0, first.find(' ')) + first.substr(first.find(' ') + 1);
+      j["model"]["vocab"].erase(merged);
+    });
+    expect_failure(dir, "which is not in the vocab");
+  }
+  {
+    const std::string dir = copy_fixture("gpt2", "duplicate-id");
+    edit_json(dir + "/tokenizer.json", [](json& j) { j["model"]["vocab"]["a-new-token"] = 7; });
+    expect_failure(dir, "to id 7");
+  }
+  {
+    const std::string dir = copy_fixture("gpt2", "absurd-id");
+    edit_json(dir + "/tokenizer.json", [](json& j) { j["model"]["vocab"]["a-new-token"] = 1000000000000ll; });
+    expect_failure(dir, "vocab entry 'a-new-token' has invalid id 1000000000000");
   }
   {
     const std::string dir = copy_fixture("gpt2", "unigram");

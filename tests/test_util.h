@@ -27,6 +27,19 @@ struct CommandResult {
 };
 CommandResult run_command(const std::string& command);
 
+// A child process run from argv (no shell), stdout and stderr appended to `log_path`.
+int start_process(const std::vector<std::string>& argv, const std::string& log_path);  // the pid
+struct ProcessEnd {
+  int exit_code = -1;           // -1 when killed by a signal
+  int signal = 0;               // the signal that killed it, or 0
+  uint64_t peak_rss_bytes = 0;  // the child's maximum resident set
+};
+ProcessEnd wait_process(int pid);
+
+// Whether this binary runs under AddressSanitizer or ThreadSanitizer, which multiply
+// memory use and slow everything down (tests of peak RSS or speed skip under them).
+bool under_sanitizer();
+
 std::vector<float> gaussian(size_t n, uint64_t seed, float stddev = 1.0f);
 
 }  // namespace kvant::test

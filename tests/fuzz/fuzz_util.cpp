@@ -22,9 +22,9 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
-  auto imported = convert::parse_tokenizer_json(tokenizer_json, "fuzz");
-  if (!imported) return {};
+std::string fixture_path(const std::string& relative) { return std::string(KVANT_FUZZ_FIXTURES) + "/" + relative; }
+
+std::vector<uint8_t> kvant_image(const std::function<Status(KvantWriter&)>& fill) {
   char path[] = "/tmp/kvant-fuzz-XXXXXX";
   const int fd = mkstemp(path);
   if (fd < 0) return {};
@@ -32,15 +32,23 @@ std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
   std::vector<uint8_t> bytes;
   {
     KvantWriter w(path);
-    w.set("general.name", std::string("fuzz"));
-    imported->to_metadata(w);
-    if (w.begin() && w.commit()) {
+    if (fill(w) && w.commit()) {
       const std::string s = read_file(path);
       bytes.assign(s.begin(), s.end());
     }
   }
   unlink(path);
   return bytes;
+}
+
+std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json) {
+  auto imported = convert::parse_tokenizer_json(tokenizer_json, "fuzz");
+  if (!imported) return {};
+  return kvant_image([&](KvantWriter& w) {
+    w.set("general.name", std::string("fuzz"));
+    imported->to_metadata(w);
+    return w.begin();
+  });
 }
 
 namespace {
@@ -68,7 +76,7 @@ std::unique_ptr<LoadedTokenizer> load(const std::string& tokenizer_json) {
 std::vector<std::unique_ptr<LoadedTokenizer>>& fixture_tokenizers() {
   static std::vector<std::unique_ptr<LoadedTokenizer>> all = [] {
     using nlohmann::ordered_json;
-    const std::string dir = std::string(KVANT_FUZZ_FIXTURES) + "/tokenizers/";
+    const std::string dir = fixture_path("tokenizers/");
     std::vector<std::unique_ptr<LoadedTokenizer>> v;
     for (const char* name : {"tok-bytelevel-gpt2", "tok-bytelevel-llama3", "tok-bytelevel-qwen2", "tok-sentencepiece"})
       v.push_back(load(read_file(dir + name + "/tokenizer.json")));

@@ -1,13 +1,19 @@
 // Shared setup for the fuzz targets: tokenizers built from the fixture tokenizer.json
-// files through the converter's importer, held in memory as .kvant images.
+// files through the converter's importer, held in memory as .kvant images, and helpers
+// that let mutations reach the parsers behind checksums.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "format/reader.h"
 #include "runtime/tokenizer.h"
+
+namespace kvant {
+class KvantWriter;
+}
 
 namespace kvant::fuzz {
 
@@ -16,6 +22,10 @@ struct LoadedTokenizer {
   std::unique_ptr<KvantFile> file;
   std::unique_ptr<Tokenizer> tokenizer;
 };
+
+// The bytes of a .kvant file that `fill` describes (metadata and tensors, whose bytes
+// it writes after begin()); empty when the writer refuses it.
+std::vector<uint8_t> kvant_image(const std::function<Status(KvantWriter&)>& fill);
 
 // A .kvant image with the tokenizer metadata of tokenizer.json text (no tensors);
 // empty when the converter rejects the text.
@@ -26,5 +36,6 @@ std::vector<uint8_t> tokenizer_image(const std::string& tokenizer_json);
 std::vector<std::unique_ptr<LoadedTokenizer>>& fixture_tokenizers();
 
 std::string read_file(const std::string& path);
+std::string fixture_path(const std::string& relative);  // tests/data/fixtures/<relative>
 
 }  // namespace kvant::fuzz
