@@ -46,10 +46,19 @@ std::vector<uint8_t> make_weights(DType dtype, int64_t rows, int64_t cols, uint6
   return bytes;
 }
 
+// Blocks 1-4 of x: one holding +Inf, one NaN, one -Inf, one of subnormal values.
+void add_unquantizable_blocks(std::vector<float>& x) {
+  x[32 + 7] = INFINITY;
+  x[64 + 31] = NAN;
+  x[96] = -INFINITY;
+  for (int i = 0; i < 32; ++i) x[static_cast<size_t>(128 + i)] = (i % 2 ? 1e-40f : -3e-41f) * static_cast<float>(i);
+}
+
 TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
   for (int64_t k : {64, 576, 2048, 8256}) {
     auto x = test::gaussian(static_cast<size_t>(k), static_cast<uint64_t>(k), 3.0f);
     for (int i = 0; i < 32; ++i) x[static_cast<size_t>(i)] = 0.0f;  // an all-zero block
+    if (k >= 576) add_unquantizable_blocks(x);
     std::vector<uint8_t> ref(cpu::act_record_bytes(k));
     cpu::quantize_acts(x.data(), k, ref.data(), SimdLevel::scalar);
     for (SimdLevel level : cpu::supported_simd_levels()) {
@@ -99,6 +108,53 @@ TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
         a.accumulate = true;
         cpu::matmul(a, 0, s.rows, level);
         for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], 2 * ref[i], 4e-5 * scale + 1e-6);
+      }
+    }
+  }
+}
+
+// A block holding Inf or NaN quantizes to scale NaN and zero quants, so products with it
+// are NaN as in float arithmetic (never an integer overflow); a block of subnormal
+// values, whose scale's inverse would overflow, quantizes to zero.
+TEST(Kernels, UnquantizableActivationBlocksGiveNaNOrZero) {
+  const int64_t k = 256, rows = 5;
+  for (SimdLevel level : cpu::supported_simd_levels()) {
+    for (int block : {1, 2, 3, 4}) {
+      auto x = test::gaussian(static_cast<size_t>(k), 3);
+      auto bad = x;
+      add_unquantizable_blocks(bad);
+      for (int b = 1; b <= 4; ++b)  // only block `block` is unquantizable
+        if (b != block) std::copy_n(x.begin() + b * 32, 32, bad.begin() + b * 32);
+      std::vector<uint8_t> rec_bytes(cpu::act_record_bytes(k));
+      cpu::quantize_acts(bad.data(), k, rec_bytes.data(), level);
+      const cpu::ActRecord rec(rec_bytes.data(), k);
+      for (int i = 0; i < 32; ++i) {
+        EXPECT_EQ(rec.q[block * 32 + i], 0);
+        EXPECT_EQ(rec.lo[block * 32 + i], 0);
+        EXPECT_EQ(rec.qu[block * 32 + i], 128);
+      }
+      if (block == 4) {
+        EXPECT_EQ(rec.scale[block], 0.0f);
+        EXPECT_EQ(rec.corr[block], 0.0f);
+      } else {
+        EXPECT_TRUE(std::isnan(rec.scale[block])) << cpu::simd_level_name(level) << " block " << block;
+        EXPECT_TRUE(std::isnan(rec.corr[block]));
+      }
+      EXPECT_FALSE(std::isnan(rec.scale[0]));
+      for (DType dtype : {DType::q8, DType::q4}) {
+        const auto w = make_weights(dtype, rows, k, 9);
+        cpu::MatmulArgs a;
+        a.w = {dtype, rows, k, w.data()};
+        a.xq = rec_bytes.data();
+        a.n_tokens = 1;
+        a.ldy = rows;
+        std::vector<float> y(rows);
+        a.y = y.data();
+        cpu::matmul(a, 0, rows, level);
+        for (float v : y) {
+          if (block == 4) EXPECT_TRUE(std::isfinite(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level);
+          else EXPECT_TRUE(std::isnan(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level) << " block " << block;
+        }
       }
     }
   }

@@ -1,10 +1,21 @@
 #include "kernels/cpu/matmul.h"
 
+#include <cstring>
+#include <limits>
+
 namespace kvant::cpu {
 
 size_t act_record_bytes(int64_t k) {
   const auto bytes = static_cast<size_t>(3 * k + 2 * (k / 32) * 4);
   return (bytes + 63) / 64 * 64;
+}
+
+void detail::write_nonfinite_block(uint8_t* record, int64_t k, int64_t b) {
+  std::memset(record + b * 32, 0, 32);          // q
+  std::memset(record + k + b * 32, 128, 32);    // qu = q + 128
+  std::memset(record + 2 * k + b * 32, 0, 32);  // lo
+  auto* scale = reinterpret_cast<float*>(record + 3 * k);
+  scale[b] = scale[k / 32 + b] = std::numeric_limits<float>::quiet_NaN();  // scale, corr
 }
 
 namespace {

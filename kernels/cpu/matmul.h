@@ -36,6 +36,10 @@ struct WeightMatrix {
 // Quantized weights multiply q + lo/256: 16-bit activations as two int8 dot products,
 // so rounding the activations adds no error beside the weights' own (the GPU's
 // prefill multiplies f16 activations; CPU and GPU then agree). k must be a multiple of 64.
+// Blocks that cannot be quantized: a block holding Inf or NaN gets scale and corr NaN and
+// zero quants, so every product it enters is NaN, as in float arithmetic; a block whose
+// scale max|x| / 127 would be subnormal (its inverse overflows) is quantized as zero.
+// Every implementation (and the CUDA one) does the same.
 size_t act_record_bytes(int64_t k);
 void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level = active_simd_level());
 
@@ -71,6 +75,13 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level = activ
 namespace detail {
 using MatmulFn = void (*)(const MatmulArgs&, int64_t, int64_t);
 using QuantizeActsFn = void (*)(const float*, int64_t, uint8_t*);
+// Block b of a record as quantize_acts leaves a block holding Inf or NaN.
+void write_nonfinite_block(uint8_t* record, int64_t k, int64_t b);
+// The block scale for max |x| = amax (finite): amax / 127, or 0 where that is subnormal.
+inline float act_block_scale(float amax) {
+  const float d = amax / 127.0f;
+  return d >= 1.17549435e-38f ? d : 0.0f;  // FLT_MIN
+}
 struct MatmulKernels {
   QuantizeActsFn quantize_acts;
   MatmulFn by_dtype[kDTypeCount];

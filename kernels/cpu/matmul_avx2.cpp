@@ -38,6 +38,7 @@ void quantize_acts_avx2(const float* x, int64_t k, uint8_t* record) {
   auto* scale = reinterpret_cast<float*>(record + 3 * k);
   float* corr = scale + k / 32;
   const __m256 magic = _mm256_set1_ps(12582912.0f), sign = _mm256_set1_ps(-0.0f);
+  const __m256 inf = _mm256_set1_ps(__builtin_inff());
   const __m256 r256 = _mm256_set1_ps(256.0f), lo_min = _mm256_set1_ps(-127.0f), lo_max = _mm256_set1_ps(127.0f);
   // int32 lanes of 4 registers -> 32 int8 in order (packs work within 128-bit halves).
   auto pack = [](const __m256i* iv) {
@@ -47,15 +48,22 @@ void quantize_acts_avx2(const float* x, int64_t k, uint8_t* record) {
   for (int64_t b = 0; b < k / 32; ++b) {
     __m256 v[4];
     __m256 m = _mm256_setzero_ps();
+    int nonfinite = 0;
     for (int i = 0; i < 4; ++i) {
       v[i] = _mm256_loadu_ps(x + b * 32 + i * 8);
-      m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+      const __m256 a = _mm256_andnot_ps(sign, v[i]);
+      nonfinite |= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // Inf or NaN
+      m = _mm256_max_ps(m, a);
+    }
+    if (nonfinite) {
+      write_nonfinite_block(record, k, b);
+      continue;
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float amax = _mm_cvtss_f32(m4);
-    const float d = amax / 127.0f;
+    const float d = act_block_scale(amax);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m256 vid = _mm256_set1_ps(id);
     __m256i iv[4], lv[4];

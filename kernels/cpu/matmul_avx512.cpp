@@ -37,8 +37,13 @@ void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
   };
   for (int64_t b = 0; b < k / 32; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+    // fpclass 0x99: QNaN, +Inf, -Inf, SNaN.
+    if (_mm512_fpclass_ps_mask(v0, 0x99) | _mm512_fpclass_ps_mask(v1, 0x99)) {
+      write_nonfinite_block(record, k, b);
+      continue;
+    }
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float d = amax / 127.0f;
+    const float d = act_block_scale(amax);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m512 vid = _mm512_set1_ps(id);
     const __m512 t0 = _mm512_mul_ps(v0, vid), t1 = _mm512_mul_ps(v1, vid);

@@ -22,8 +22,16 @@ void quantize_acts_reference(const float* x, int64_t k, uint8_t* record) {
   float* corr = scale + k / 32;
   for (int64_t b = 0; b < k / 32; ++b) {
     float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
-    const float d = amax / 127.0f;
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) {
+      finite = finite && std::isfinite(x[b * 32 + j]);
+      amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
+    }
+    if (!finite) {
+      write_nonfinite_block(record, k, b);
+      continue;
+    }
+    const float d = act_block_scale(amax);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     int32_t sum = 0;
     for (int j = 0; j < 32; ++j) {

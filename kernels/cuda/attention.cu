@@ -37,19 +37,16 @@ __device__ __forceinline__ uint8_t* region(const DeviceKv& kv, int slot, int64_t
   return kv.base + static_cast<uint64_t>(page) * kv.layout.page_bytes() + kv.layout.region_offset(layer, kind, head);
 }
 
-// The lane's elements of row `pos` (0 for inactive lanes).
+// The lane's elements of one row at `row` (scale d for q8 and q4; 0 for inactive lanes).
 template <int E>
-__device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg, int64_t pos, Lanes<E> ln, int lane,
-                                         float* x) {
-  const int64_t slot = pos % kPageTokens;
-  const uint8_t* row = reg + slot * kv.layout.row_bytes();
+__device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, float d, Lanes<E> ln, int lane, float* x) {
   if (lane >= ln.active) {
 #pragma unroll
     for (int e = 0; e < E; ++e) x[e] = 0.0f;
     return;
   }
   const int first = lane * E;
-  switch (kv.layout.type) {
+  switch (type) {
     case KvType::f32:
 #pragma unroll
       for (int e = 0; e < E; ++e) x[e] = reinterpret_cast<const float*>(row)[first + e];
@@ -58,14 +55,11 @@ __device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg,
 #pragma unroll
       for (int e = 0; e < E; ++e) x[e] = __half2float(reinterpret_cast<const __half*>(row)[first + e]);
       return;
-    case KvType::q8: {
-      const float d = __half2float(reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[slot]);
+    case KvType::q8:
 #pragma unroll
       for (int e = 0; e < E; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
       return;
-    }
     case KvType::q4: {
-      const float d = __half2float(reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[slot]);
       const bool high = lane >= ln.half;
       const int byte0 = (high ? lane - ln.half : lane) * E;
 #pragma unroll
@@ -77,6 +71,27 @@ __device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg,
     }
   }
 }
+
+// The lane's elements of row `pos` of a region, read from global memory.
+template <int E>
+__device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg, int64_t pos, Lanes<E> ln, int lane,
+                                         float* x) {
+  const int64_t slot = pos % kPageTokens;
+  const bool quantized = kv.layout.type == KvType::q8 || kv.layout.type == KvType::q4;
+  const float d = quantized && lane < ln.active
+                      ? __half2float(reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[slot])
+                      : 0.0f;
+  decode_row<E>(kv.layout.type, reg + slot * kv.layout.row_bytes(), d, ln, lane, x);
+}
+
+// Asynchronous global → shared copy of `bytes` (4, 8 or 16; both addresses aligned to it).
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, int bytes) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+  else if (bytes == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem) : "memory");
+  else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Normalized Walsh-Hadamard transform of a row spread over a warp (see the top).
 template <int E>
@@ -239,12 +254,23 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
 }
 
 // Block (KV head group slice, split s, token t), 4 warps, G query heads (the G heads
-// of one KV head, or a slice of them). Each warp takes kBatch positions at a time (their
-// loads in flight together), with an online softmax per head; the warps merge in shared
-// memory and the split's partial (max, sum, unnormalized output) goes to scratch. The
-// last split to finish (counted with an atomic) merges all splits, rotates q4 results
-// back, and writes the output: one kernel per attention.
+// of one KV head, or a slice of them). The block first copies the split's K and V rows
+// (and scales) into shared memory with cp.async, every load of the split in flight at
+// once: one DRAM round trip per block. (Warps that loaded kBatch rows each, then
+// computed, then loaded again waited on DRAM four times per split and a page-table
+// lookup before each; decode at 4096 positions took ~80 µs per layer, ~10% of the
+// bandwidth.) Each warp then takes kBatch positions at a time from shared memory, with
+// an online softmax per head; the warps merge in shared memory and the split's partial
+// (max, sum, unnormalized output) goes to scratch. The last split to finish (counted
+// with an atomic) merges all splits, rotates q4 results back, and writes the output: one
+// kernel per attention.
 constexpr int kBatch = 4;
+
+// Dynamic shared memory of a split block: the warps' accumulators [4][G][hd] floats, then
+// K and V rows [2][kSplit][row_bytes], then their scales [2][kSplit] halves.
+__host__ __device__ inline size_t split_smem_bytes(int g, int hd, uint64_t row_bytes) {
+  return static_cast<size_t>(4 * g * hd) * sizeof(float) + 2 * kSplit * row_bytes + 2 * kSplit * sizeof(__half);
+}
 
 template <int E, int G>
 __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads,
@@ -267,7 +293,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
 
   __shared__ float sm_m[4][G], sm_l[4][G];
   __shared__ bool sm_last;
-  extern __shared__ float sm_acc[];  // [4][G][hd]
+  extern __shared__ __align__(16) float sm_acc[];  // [4][G][hd], then the staged rows
 
   float qv[G][E];
 #pragma unroll
@@ -285,13 +311,42 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
     for (int e = 0; e < E; ++e) acc[i][e] = 0.0f;
   }
   const int slot = slots[t];
+  // Stage the split's rows: K rows [0, n), V rows [kSplit, kSplit + n), then the scales.
+  const KvType type = kv.layout.type;
+  const bool quantized = type == KvType::q8 || type == KvType::q4;
+  const int rb = static_cast<int>(kv.layout.row_bytes());
+  const int n = static_cast<int>(hi - lo);
+  uint8_t* rows = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
+  __half* scales = reinterpret_cast<__half*>(rows + 2 * kSplit * rb);
+  const int chunk = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : rb % 4 == 0 ? 4 : 1;
+  const int per_row = rb / chunk;
+  for (int idx = threadIdx.x; idx < 2 * n * per_row; idx += blockDim.x) {
+    const int kind = idx / (n * per_row), rest = idx % (n * per_row), j = rest / per_row, c = rest % per_row;
+    const int64_t p = lo + j;
+    const uint8_t* src = region(kv, slot, p, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g)) +
+                         (p % kPageTokens) * rb + c * chunk;
+    uint8_t* dst = rows + (kind * kSplit + j) * rb + c * chunk;
+    if (chunk >= 4) copy_async(dst, src, chunk);
+    else *dst = *src;
+  }
+  if (quantized)
+    for (int idx = threadIdx.x; idx < 2 * n; idx += blockDim.x) {
+      const int kind = idx / n, j = idx % n;
+      const int64_t p = lo + j;
+      const uint8_t* reg = region(kv, slot, p, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
+      scales[kind * kSplit + j] = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[p % kPageTokens];
+    }
+  copy_async_wait();
+  __syncthreads();
   for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
     float kf[kBatch][E], vf[kBatch][E];
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
-      const int64_t p = min(base + j, hi - 1);  // a repeated row for the tail; masked below
-      load_row<E>(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kf[j]);
-      load_row<E>(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vf[j]);
+      const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
+      const float dk = quantized ? __half2float(scales[ri]) : 0.0f;
+      const float dv = quantized ? __half2float(scales[kSplit + ri]) : 0.0f;
+      decode_row<E>(type, rows + ri * rb, dk, ln, lane, kf[j]);
+      decode_row<E>(type, rows + (kSplit + ri) * rb, dv, ln, lane, vf[j]);
     }
 #pragma unroll
     for (int i = 0; i < G; ++i) {
@@ -635,7 +690,13 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const int64_t group = n_heads / n_kv_heads;
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
                   static_cast<unsigned>(n_tokens));
-  launch(attend_split_kernel<E, G>, grid, 128, static_cast<size_t>(4 * G * hd) * sizeof(float), stream,
+  const size_t smem = split_smem_bytes(G, hd, kv.layout.row_bytes());
+  static size_t configured = 48 * 1024;  // the default limit; more must be asked for
+  if (smem > configured) {
+    cudaFuncSetAttribute(attend_split_kernel<E, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    configured = smem;
+  }
+  launch(attend_split_kernel<E, G>, grid, 128, smem, stream,
       kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
       1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out);
 }

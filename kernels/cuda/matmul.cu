@@ -39,12 +39,15 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   const int64_t t = blockIdx.y;
   if (warp >= blocks) return;
   const float v = x[t * k + warp * 32 + lane];
+  // As the CPU's quantize_acts: a block holding Inf or NaN gets scale NaN and zero quants;
+  // a subnormal scale (whose inverse overflows) becomes 0.
+  const bool nonfinite = __any_sync(0xffffffffu, !isfinite(v));
   const float amax = warp_max(fabsf(v));
-  const float d = amax / 127.0f;
-  const float id = d > 0.0f ? 1.0f / d : 0.0f;
+  const float d = nonfinite ? __int_as_float(0x7fc00000) : amax / 127.0f >= 1.17549435e-38f ? amax / 127.0f : 0.0f;
+  const float id = !nonfinite && d > 0.0f ? 1.0f / d : 0.0f;
   uint8_t* rec = out + t * bytes;
-  int8_t q, lo;
-  quantize_act(v, id, &q, &lo);
+  int8_t q = 0, lo = 0;
+  if (!nonfinite) quantize_act(v, id, &q, &lo);
   reinterpret_cast<int8_t*>(rec)[warp * 32 + lane] = q;
   reinterpret_cast<int8_t*>(rec + k)[warp * 32 + lane] = lo;
   int s = 256 * q + lo;
