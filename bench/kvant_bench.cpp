@@ -116,12 +116,16 @@ int main(int argc, char** argv) {
   int gpu_layers = -1;
   int64_t n_batch = 512;
   bool json = false, no_kv_cache = false, quiet = false;
-  app.add_option("-m,--model", models, "model file(s)")->required();
-  app.add_option("-p,--n-prompt", n_prompt, "prompt lengths to prefill (ppN tests; 0 skips)")->capture_default_str();
-  app.add_option("-n,--n-gen", n_gen, "tokens to generate one at a time (tgN tests; 0 skips)")->capture_default_str();
-  app.add_option("-d,--depth", depths, "tokens already in the context before each test")->capture_default_str();
-  app.add_option("--kv", kv_types, "KV-cache types: f16, q8, q4 (f32 for reference)")->capture_default_str();
-  app.add_option("-t,--threads", threads_list, "thread counts (default: all cores)");
+  app.add_option("-m,--model", models, "model file(s)")->required()->delimiter(',');
+  app.add_option("-p,--n-prompt", n_prompt, "prompt lengths to prefill (ppN tests; 0 skips); repeat or list: -p 128,512")
+      ->capture_default_str()
+      ->delimiter(',');
+  app.add_option("-n,--n-gen", n_gen, "tokens to generate one at a time (tgN tests; 0 skips)")
+      ->capture_default_str()
+      ->delimiter(',');
+  app.add_option("-d,--depth", depths, "tokens already in the context before each test")->capture_default_str()->delimiter(',');
+  app.add_option("--kv", kv_types, "KV-cache types: f16, q8, q4 (f32 for reference)")->capture_default_str()->delimiter(',');
+  app.add_option("-t,--threads", threads_list, "thread counts (default: all cores)")->delimiter(',');
   app.add_option("--device", device, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--gpu-layers", gpu_layers, "with --device cuda: layers on the GPU (-1: all)")->capture_default_str();
   app.add_option("-r,--repetitions", reps, "repetitions of each test")->capture_default_str()->check(CLI::PositiveNumber);

@@ -49,6 +49,14 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The scale of a block of 32 activations as the CPU's quantize_acts chooses it
+// (kernels/cpu/matmul.h): max |x| / 127, NaN when the block holds Inf or NaN (its quants
+// are then zero), 0 where max |x| / 127 is subnormal (its inverse would overflow).
+__device__ __forceinline__ float act_block_scale(float amax, bool nonfinite) {
+  const float d = amax / 127.0f;
+  return nonfinite ? __int_as_float(0x7fc00000) : d >= 1.17549435e-38f ? d : 0.0f;
+}
+
 // One activation value as the CPU's quantize_acts stores it (kernels/cpu/matmul.h):
 // q = round(v / scale) and the residual in 1/256 steps, lo, clamped to ±127. The
 // products are rounded on their own (__fmul_rn): no FMA contraction, so the bytes

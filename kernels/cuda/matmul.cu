@@ -43,7 +43,7 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   // a subnormal scale (whose inverse overflows) becomes 0.
   const bool nonfinite = __any_sync(0xffffffffu, !isfinite(v));
   const float amax = warp_max(fabsf(v));
-  const float d = nonfinite ? __int_as_float(0x7fc00000) : amax / 127.0f >= 1.17549435e-38f ? amax / 127.0f : 0.0f;
+  const float d = act_block_scale(amax, nonfinite);
   const float id = !nonfinite && d > 0.0f ? 1.0f / d : 0.0f;
   uint8_t* rec = out + t * bytes;
   int8_t q = 0, lo = 0;
