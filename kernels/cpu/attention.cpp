@@ -33,8 +33,10 @@ struct ScalarOps {
 }  // namespace
 
 int64_t attention_scratch_floats(const AttentionArgs& a) {
-  const int64_t group = a.n_heads / a.n_kv_heads;
-  return group * a.head_dim + a.head_dim + group * a.layout->page_tokens;
+  const int64_t group = a.n_heads / a.n_kv_heads, hd = a.head_dim, P = a.layout->page_tokens;
+  // The portable kernel: acc, one row, scores. The AVX-512 one (attention_avx512.cpp):
+  // a page of K and V rows, probabilities, acc and the queries.
+  return std::max(group * hd + hd + group * P, 2 * P * hd + group * (P + 16) + 2 * group * hd);
 }
 
 void hadamard(float* x, int64_t n) {

@@ -1,6 +1,9 @@
 // AVX-512 vector helpers for the attention kernel (attention_impl.h).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/cpu/attention_impl.h"
 
 namespace kvant::cpu::detail {
@@ -66,8 +69,143 @@ struct Avx512Ops {
   }
 };
 
+// Sums of 16 vectors: lane j of the result = the sum of v[j]'s lanes (a transpose-add
+// tree: ~3 operations per vector instead of a full reduction each).
+inline __m512 hsum16(const __m512* v) {
+  __m512 w[8], x[4];
+  for (int k = 0; k < 8; ++k)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    w[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+  for (int k = 0; k < 4; ++k) {  // per 128-bit lane: the lane's sums of v[4k .. 4k+3]
+    const __m512d a = _mm512_castps_pd(w[2 * k]), b = _mm512_castps_pd(w[2 * k + 1]);
+    x[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  auto fold = [](__m512 a, __m512 b) {  // [a.L0+a.L1, a.L2+a.L3, b.L0+b.L1, b.L2+b.L3]
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
+  };
+  return fold(fold(x[0], x[1]), fold(x[2], x[3]));
+}
+
+// e^x for x ≤ 0 (scores minus their running maximum), -inf included (→ 0): 2^n · p(r)
+// with r = x − n·ln 2 and a degree-6 Taylor polynomial, relative error ~2e-7.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-110.0f));  // e^-110 is below the smallest subnormal
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The same attention as attend_group_impl for head_dim = 16·C, vectorized across
+// positions: per page, the K and V rows are decoded once into scratch; each query head
+// takes its scores 16 positions at a time (16 dot products summed by one hsum16), the
+// page's softmax in vectors, and P·V with its accumulator in registers.
+template <int C>
+void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_t begin, int64_t end, float* out,
+                       float* scratch) {
+  constexpr int64_t hd = 16 * C;
+  const KvLayout& L = *a.layout;
+  const int64_t group = a.n_heads / a.n_kv_heads, P = L.page_tokens;
+  float* kp = scratch;                 // P × hd
+  float* vp = kp + P * hd;             // P × hd
+  float* pr = vp + P * hd;             // group × (P + 16): scores, then probabilities
+  float* acc = pr + group * (P + 16);  // group × hd
+  float* qs = acc + group * hd;        // group × hd: queries (rotated for q4 KV) times the scale
+  const bool rotated = kv_rotated(L.type, hd);
+  for (int64_t i = 0; i < group; ++i) {
+    float* qi = qs + i * hd;
+    std::copy(q + (g * group + i) * hd, q + (g * group + i + 1) * hd, qi);
+    if (rotated) hadamard(qi, hd);
+    for (int64_t d = 0; d < hd; ++d) qi[d] *= a.scale;
+    std::fill(acc + i * hd, acc + (i + 1) * hd, 0.0f);
+  }
+  float m[64], l[64];
+  for (int64_t i = 0; i < group; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+  }
+  const uint64_t rb = L.row_bytes();
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  for (int64_t p0 = begin; p0 < end;) {
+    const int64_t page = p0 / P, slot0 = p0 % P;
+    const int64_t n = std::min(end - p0, P - slot0);
+    const uint8_t* kreg = a.pages[page] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
+    const uint8_t* vreg = a.pages[page] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
+    const auto* kscale = reinterpret_cast<const uint16_t*>(kreg + L.scales_offset());
+    const auto* vscale = reinterpret_cast<const uint16_t*>(vreg + L.scales_offset());
+    for (int64_t p = 0; p < n; ++p) {
+      Avx512Ops::load_row(L.type, kreg + (slot0 + p) * rb, kscale + slot0 + p, hd, kp + p * hd);
+      Avx512Ops::load_row(L.type, vreg + (slot0 + p) * rb, vscale + slot0 + p, hd, vp + p * hd);
+    }
+    for (int64_t i = 0; i < group; ++i) {
+      __m512 qv[C];
+      for (int c = 0; c < C; ++c) qv[c] = _mm512_loadu_ps(qs + i * hd + 16 * c);
+      float* s = pr + i * (P + 16);
+      __m512 mx = neg_inf;
+      for (int64_t j0 = 0; j0 < n; j0 += 16) {
+        const int64_t cnt = std::min<int64_t>(16, n - j0);
+        __m512 dots[16];
+        for (int64_t p = 0; p < 16; ++p) {
+          __m512 d = _mm512_setzero_ps();
+          if (p < cnt)
+            for (int c = 0; c < C; ++c) d = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kp + (j0 + p) * hd + 16 * c), d);
+          dots[p] = d;
+        }
+        const __mmask16 valid = static_cast<__mmask16>(cnt == 16 ? 0xffff : (1u << cnt) - 1u);
+        const __m512 sv = _mm512_mask_blend_ps(valid, neg_inf, hsum16(dots));
+        _mm512_storeu_ps(s + j0, sv);
+        mx = _mm512_max_ps(mx, sv);
+      }
+      const float mb = std::fmax(m[i], _mm512_reduce_max_ps(mx));
+      const float correction = std::exp(m[i] - mb);  // 0 on the first page (m = -inf)
+      m[i] = mb;
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j0 = 0; j0 < n; j0 += 16) {
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), _mm512_set1_ps(mb)));
+        _mm512_storeu_ps(s + j0, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      l[i] = l[i] * correction + _mm512_reduce_add_ps(sum);
+      __m512 av[C];
+      const __m512 corr = _mm512_set1_ps(correction);
+      for (int c = 0; c < C; ++c) av[c] = _mm512_mul_ps(corr, _mm512_loadu_ps(acc + i * hd + 16 * c));
+      for (int64_t p = 0; p < n; ++p) {
+        const __m512 w = _mm512_set1_ps(s[p]);
+        for (int c = 0; c < C; ++c) av[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp + p * hd + 16 * c), av[c]);
+      }
+      for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + i * hd + 16 * c, av[c]);
+    }
+    p0 += n;
+  }
+  for (int64_t i = 0; i < group; ++i) {
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+    float* o = out + (g * group + i) * hd;
+    for (int64_t d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
+    if (rotated) hadamard(o, hd);
+  }
+}
+
+void attend_group_avx512(const AttentionArgs& a, int64_t g, const float* q, int64_t begin, int64_t end, float* out,
+                         float* scratch) {
+  const int64_t group = a.n_heads / a.n_kv_heads;
+  if (group <= 64) {
+    switch (a.head_dim) {
+      case 64: attend_group_fast<4>(a, g, q, begin, end, out, scratch); return;
+      case 128: attend_group_fast<8>(a, g, q, begin, end, out, scratch); return;
+      default: break;
+    }
+  }
+  attend_group_impl<Avx512Ops>(a, g, q, begin, end, out, scratch);
+}
+
 }  // namespace
 
-AttendFn attend_avx512() { return attend_group_impl<Avx512Ops>; }
+AttendFn attend_avx512() { return attend_group_avx512; }
 
 }  // namespace kvant::cpu::detail
