@@ -1,10 +1,12 @@
 // Google Benchmark microbenchmarks of the CPU kernels at the shapes of llama-1b and
-// llama2-7b, with bytes/s (weights streamed) and FLOP/s as counters.
+// llama2-7b, with bytes/s (weights streamed) and FLOP/s as counters; with CUDA and a GPU,
+// the CUDA kernels too (kernels_bench_cuda.cpp, names cuda/...).
 //   build/bin/kvant-kernels-bench --benchmark_filter=gemv
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -163,12 +165,19 @@ void BM_attention(benchmark::State& state, KvType type) {
 
 }  // namespace
 
+#if KVANT_HAVE_CUDA
+bool register_cuda_benchmarks();  // kernels_bench_cuda.cpp: false without a GPU
+#endif
+
 int main(int argc, char** argv) {
   register_matmuls();
   for (KvType t : {KvType::f16, KvType::q8, KvType::q4}) {
     const std::string name = std::string("attention/") + std::string(kv_type_name(t));
     benchmark::RegisterBenchmark(name.c_str(), BM_attention, t)->Arg(512)->Arg(4096)->Unit(benchmark::kMicrosecond);
   }
+#if KVANT_HAVE_CUDA
+  if (!register_cuda_benchmarks()) std::fprintf(stderr, "kvant-kernels-bench: no GPU; the cuda/ benchmarks are skipped\n");
+#endif
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   return 0;
