@@ -133,15 +133,12 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
   const uint64_t rb = L.row_bytes();
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
   for (int64_t p0 = begin; p0 < end;) {
-    const int64_t page = p0 / P, slot0 = p0 % P;
-    const int64_t n = std::min(end - p0, P - slot0);
-    const uint8_t* kreg = a.pages[page] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
-    const uint8_t* vreg = a.pages[page] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
-    const auto* kscale = reinterpret_cast<const uint16_t*>(kreg + L.scales_offset());
-    const auto* vscale = reinterpret_cast<const uint16_t*>(vreg + L.scales_offset());
+    const PageSpan pg = page_span(a, g, p0, end);
+    const int64_t n = pg.n;
     for (int64_t p = 0; p < n; ++p) {
-      Avx512Ops::load_row(L.type, kreg + (slot0 + p) * rb, kscale + slot0 + p, hd, kp + p * hd);
-      Avx512Ops::load_row(L.type, vreg + (slot0 + p) * rb, vscale + slot0 + p, hd, vp + p * hd);
+      const int64_t slot = pg.slot0 + p;
+      Avx512Ops::load_row(L.type, pg.k + slot * rb, pg.k_scale + slot, hd, kp + p * hd);
+      Avx512Ops::load_row(L.type, pg.v + slot * rb, pg.v_scale + slot, hd, vp + p * hd);
     }
     for (int64_t i = 0; i < group; ++i) {
       __m512 qv[C];
@@ -166,8 +163,9 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
       const float correction = std::exp(m[i] - mb);  // 0 on the first page (m = -inf)
       m[i] = mb;
       __m512 sum = _mm512_setzero_ps();
+      const __m512 vmb = _mm512_set1_ps(mb);
       for (int64_t j0 = 0; j0 < n; j0 += 16) {
-        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), _mm512_set1_ps(mb)));
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), vmb));
         _mm512_storeu_ps(s + j0, e);
         sum = _mm512_add_ps(sum, e);
       }
@@ -183,12 +181,7 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
     }
     p0 += n;
   }
-  for (int64_t i = 0; i < group; ++i) {
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-    float* o = out + (g * group + i) * hd;
-    for (int64_t d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
-    if (rotated) hadamard(o, hd);
-  }
+  write_attention_output(acc, l, g, group, hd, rotated, out);
 }
 
 void attend_group_avx512(const AttentionArgs& a, int64_t g, const float* q, int64_t begin, int64_t end, float* out,

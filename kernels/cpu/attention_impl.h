@@ -3,11 +3,40 @@
 // attention_avx512.cpp, each compiled for its ISA.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/attention.h"
 
 namespace kvant::cpu::detail {
+
+// Positions [p0, p0 + n) of one page (n up to the page's end or `end`) and KV head g's
+// K and V rows and scales there, starting at the page slot of p0.
+struct PageSpan {
+  int64_t slot0, n;
+  const uint8_t *k, *v;                // the page's K and V regions
+  const uint16_t *k_scale, *v_scale;   // their per-row scales
+};
+inline PageSpan page_span(const AttentionArgs& a, int64_t g, int64_t p0, int64_t end) {
+  const KvLayout& L = *a.layout;
+  const int64_t P = L.page_tokens, slot0 = p0 % P;
+  const uint8_t* k = a.pages[p0 / P] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
+  const uint8_t* v = a.pages[p0 / P] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
+  return {slot0, std::min(end - p0, P - slot0), k, v, reinterpret_cast<const uint16_t*>(k + L.scales_offset()),
+          reinterpret_cast<const uint16_t*>(v + L.scales_offset())};
+}
+
+// out[h] = acc[i] / l[i] for the group's query heads h = g·group + i, rotated back for
+// rotated (q4) KV rows.
+inline void write_attention_output(const float* acc, const float* l, int64_t g, int64_t group, int64_t hd,
+                                   bool rotated, float* out) {
+  for (int64_t i = 0; i < group; ++i) {
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+    float* o = out + (g * group + i) * hd;
+    for (int64_t d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
+    if (rotated) hadamard(o, hd);
+  }
+}
 
 template <class S>
 void attend_group_impl(const AttentionArgs& a, int64_t g, const float* q, int64_t begin, int64_t end, float* out,
@@ -35,14 +64,10 @@ void attend_group_impl(const AttentionArgs& a, int64_t g, const float* q, int64_
   }
   const uint64_t rb = L.row_bytes();
   for (int64_t p0 = begin; p0 < end;) {
-    const int64_t page = p0 / P, slot0 = p0 % P;
-    const int64_t n = std::min(end - p0, P - slot0);
-    const uint8_t* kreg = a.pages[page] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
-    const uint8_t* vreg = a.pages[page] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
-    const auto* kscale = reinterpret_cast<const uint16_t*>(kreg + L.scales_offset());
-    const auto* vscale = reinterpret_cast<const uint16_t*>(vreg + L.scales_offset());
+    const PageSpan pg = page_span(a, g, p0, end);
+    const int64_t n = pg.n, slot0 = pg.slot0;
     for (int64_t p = 0; p < n; ++p) {
-      S::load_row(L.type, kreg + (slot0 + p) * rb, kscale + slot0 + p, hd, row);
+      S::load_row(L.type, pg.k + (slot0 + p) * rb, pg.k_scale + slot0 + p, hd, row);
       for (int64_t i = 0; i < group; ++i) scores[i * P + p] = S::dot(query(i), row, hd) * a.scale;
     }
     for (int64_t i = 0; i < group; ++i) {
@@ -60,17 +85,12 @@ void attend_group_impl(const AttentionArgs& a, int64_t g, const float* q, int64_
       S::scale(acc + i * hd, correction, hd);
     }
     for (int64_t p = 0; p < n; ++p) {
-      S::load_row(L.type, vreg + (slot0 + p) * rb, vscale + slot0 + p, hd, row);
+      S::load_row(L.type, pg.v + (slot0 + p) * rb, pg.v_scale + slot0 + p, hd, row);
       for (int64_t i = 0; i < group; ++i) S::axpy(scores[i * P + p], row, acc + i * hd, hd);
     }
     p0 += n;
   }
-  for (int64_t i = 0; i < group; ++i) {
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-    float* o = out + (g * group + i) * hd;
-    for (int64_t d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
-    if (rotated) hadamard(o, hd);
-  }
+  write_attention_output(acc, l, g, group, hd, rotated, out);
 }
 
 }  // namespace kvant::cpu::detail

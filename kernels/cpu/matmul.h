@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "format/dtype.h"
 #include "kernels/cpu/cpu_features.h"
@@ -80,7 +81,7 @@ void write_nonfinite_block(uint8_t* record, int64_t k, int64_t b);
 // The block scale for max |x| = amax (finite): amax / 127, or 0 where that is subnormal.
 inline float act_block_scale(float amax) {
   const float d = amax / 127.0f;
-  return d >= 1.17549435e-38f ? d : 0.0f;  // FLT_MIN
+  return d >= std::numeric_limits<float>::min() ? d : 0.0f;
 }
 struct MatmulKernels {
   QuantizeActsFn quantize_acts;

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 namespace kvant::cuda {
@@ -49,14 +50,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// The scale of a block of 32 activations as the CPU's quantize_acts chooses it
-// (kernels/cpu/matmul.h): max |x| / 127, NaN when the block holds Inf or NaN (its quants
-// are then zero), 0 where max |x| / 127 is subnormal (its inverse would overflow).
-__device__ __forceinline__ float act_block_scale(float amax, bool nonfinite) {
-  const float d = amax / 127.0f;
-  return nonfinite ? __int_as_float(0x7fc00000) : d >= 1.17549435e-38f ? d : 0.0f;
-}
-
 // One activation value as the CPU's quantize_acts stores it (kernels/cpu/matmul.h):
 // q = round(v / scale) and the residual in 1/256 steps, lo, clamped to ±127. The
 // products are rounded on their own (__fmul_rn): no FMA contraction, so the bytes
@@ -66,6 +59,27 @@ __device__ __forceinline__ void quantize_act(float v, float inv_scale, int8_t* q
   const float r = rintf(t);
   *q = static_cast<int8_t>(r);
   *lo = static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(t - r, 256.0f)), -127.0f), 127.0f));
+}
+
+// Element i of a k-long activation row into its record (kernels.h, act_bytes): called by
+// every lane of a warp whose 32 lanes hold one block of 32 values. As the CPU's
+// quantize_acts: scale max |x| / 127; NaN with zero quants when the block holds Inf or
+// NaN; 0 where max |x| / 127 is subnormal (its inverse would overflow).
+__device__ __forceinline__ void quantize_act_block(float v, int64_t i, int64_t k, uint8_t* rec) {
+  const int lane = threadIdx.x % kWarp;
+  const bool nonfinite = __any_sync(0xffffffffu, !isfinite(v));
+  const float amax_d = warp_max(fabsf(v)) / 127.0f;
+  const float d = nonfinite ? __int_as_float(0x7fc00000) : amax_d >= FLT_MIN ? amax_d : 0.0f;
+  int8_t q = 0, lo = 0;
+  if (!nonfinite) quantize_act(v, d > 0.0f ? 1.0f / d : 0.0f, &q, &lo);
+  reinterpret_cast<int8_t*>(rec)[i] = q;
+  reinterpret_cast<int8_t*>(rec + k)[i] = lo;
+  int s = 256 * q + lo;
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // sums within each half-warp
+  const int64_t b = i / 32;
+  if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[b] = d;
+  if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[b * 2 + lane / 16] = s;
 }
 
 __device__ __forceinline__ int warp_sum_int(int v) {

@@ -35,26 +35,10 @@ __device__ __forceinline__ ActView act_view(const uint8_t* base, int64_t k, int6
 __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, size_t bytes, int64_t blocks) {
   grid_dependency_wait();
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   const int64_t t = blockIdx.y;
   if (warp >= blocks) return;
-  const float v = x[t * k + warp * 32 + lane];
-  // As the CPU's quantize_acts: a block holding Inf or NaN gets scale NaN and zero quants;
-  // a subnormal scale (whose inverse overflows) becomes 0.
-  const bool nonfinite = __any_sync(0xffffffffu, !isfinite(v));
-  const float amax = warp_max(fabsf(v));
-  const float d = act_block_scale(amax, nonfinite);
-  const float id = !nonfinite && d > 0.0f ? 1.0f / d : 0.0f;
-  uint8_t* rec = out + t * bytes;
-  int8_t q = 0, lo = 0;
-  if (!nonfinite) quantize_act(v, id, &q, &lo);
-  reinterpret_cast<int8_t*>(rec)[warp * 32 + lane] = q;
-  reinterpret_cast<int8_t*>(rec + k)[warp * 32 + lane] = lo;
-  int s = 256 * q + lo;
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // sums within each half-warp
-  if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[warp] = d;
-  if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[warp * 2 + lane / 16] = s;
+  const int64_t i = warp * 32 + threadIdx.x % kWarp;
+  quantize_act_block(x[t * k + i], i, k, out + t * bytes);
 }
 
 

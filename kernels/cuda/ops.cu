@@ -88,20 +88,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
     if (i - lane >= n) break;  // whole warps leave together (n % 32 == 0)
     const float val = v[j] * inv * w[i];
     out[blockIdx.x * n + i] = val;
-    // As quantize_acts: Inf or NaN in the block gives scale NaN and zero quants; a
-    // subnormal scale becomes 0.
-    const bool nonfinite = __any_sync(0xffffffffu, !isfinite(val));
-    const float d = act_block_scale(warp_max(fabsf(val)), nonfinite);
-    int8_t qv = 0, lo = 0;
-    if (!nonfinite) quantize_act(val, d > 0.0f ? 1.0f / d : 0.0f, &qv, &lo);
-    reinterpret_cast<int8_t*>(rec)[i] = qv;
-    reinterpret_cast<int8_t*>(rec + n)[i] = lo;
-    int s = 256 * qv + lo;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const int64_t b = i / 32;
-    if (lane == 0) reinterpret_cast<float*>(rec + 2 * n)[b] = d;
-    if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * n + (n / 32) * 4)[b * 2 + lane / 16] = s;
+    quantize_act_block(val, i, n, rec);
   }
 }
 
