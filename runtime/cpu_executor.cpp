@@ -134,18 +134,51 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
   const int64_t hd = c.head_dim;
   float* scratch = scratch_[static_cast<size_t>(ith)].data();
 
-  // Writes K and V rows of token t into its KV slot.
+  // Writes the K and V rows of token t into its KV slots. Keys with offset rows
+  // (kernels/layout.h) must be written in position order per sequence and head: those
+  // are left to store_keys_in_order.
+  const bool ordered_keys = layout_.key_offsets();
   auto store_kv = [&](int64_t t, int layer, const float* k, const float* v) {
     const int64_t pos = b.positions[static_cast<size_t>(t)];
-    uint8_t* page = b.page_tables[static_cast<size_t>(b.slot[static_cast<size_t>(t)])][pos / layout_.page_tokens];
-    const int64_t slot = pos % layout_.page_tokens;
+    uint8_t* const* pages = b.page_tables[static_cast<size_t>(b.slot[static_cast<size_t>(t)])];
     for (uint32_t g = 0; g < c.n_kv_heads; ++g)
-      for (uint32_t kind = 0; kind < 2; ++kind) {
-        uint8_t* region = page + layout_.region_offset(static_cast<uint32_t>(layer) - first_layer_, kind, g);
-        auto* scale = reinterpret_cast<uint16_t*>(region + layout_.scales_offset()) + slot;
-        cpu::store_kv_row(layout_.type, (kind == 0 ? k : v) + g * hd, hd,
-                          region + static_cast<uint64_t>(slot) * layout_.row_bytes(), scale);
+      for (uint32_t kind = ordered_keys ? 1 : 0; kind < 2; ++kind)
+        cpu::store_kv(layout_, pages, static_cast<uint32_t>(layer) - first_layer_, kind, g, pos,
+                      (kind == 0 ? k : v) + g * hd);
+  };
+  // The keys, page by page in batch order (a sequence's tokens come in position order,
+  // contiguous): a page's offset rows first when it starts in the batch (a head per
+  // thread), then its rows (split over tokens and heads), a barrier after each step, as
+  // the next page's offset rows read this page's rows. RoPE first when `rope`.
+  auto store_keys_in_order = [&](int layer, const float* keys, bool rope) {
+    if (!ordered_keys) return;
+    const int64_t kv_dim = int64_t{c.n_kv_heads} * hd, P = layout_.page_tokens;
+    const auto L = static_cast<uint32_t>(layer) - first_layer_;
+    auto pos_of = [&](int64_t t) { return int64_t{b.positions[static_cast<size_t>(t)]}; };
+    auto seq_of = [&](int64_t t) { return b.slot[static_cast<size_t>(t)]; };
+    auto key = [&](int64_t t, int64_t g) {  // token t's key for head g, in scratch
+      float* k = scratch;
+      std::memcpy(k, keys + t * kv_dim + g * hd, static_cast<size_t>(hd) * 4);
+      if (rope) cpu::rope(k, 1, hd, st.cos.data() + t * st.half, st.sin.data() + t * st.half);
+      return k;
+    };
+    for (int64_t t0 = 0; t0 < rows;) {
+      int64_t t1 = t0 + 1;  // the run [t0, t1): one sequence's tokens in one page
+      while (t1 < rows && seq_of(t1) == seq_of(t0) && pos_of(t1) == pos_of(t1 - 1) + 1 && pos_of(t1) % P != 0) ++t1;
+      uint8_t* const* pages = b.page_tables[static_cast<size_t>(seq_of(t0))];
+      if (pos_of(t0) % P == 0) {
+        for (int64_t g = ith; g < c.n_kv_heads; g += nth)
+          cpu::set_key_offset(layout_, pages, L, static_cast<uint32_t>(g), pos_of(t0) / P, key(t0, g));
+        if (nth > 1) barrier_.wait(nth);
       }
+      const auto [i0, i1] = split((t1 - t0) * c.n_kv_heads, ith, nth);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = t0 + i / c.n_kv_heads, g = i % c.n_kv_heads;
+        cpu::store_kv(layout_, pages, L, 0, static_cast<uint32_t>(g), pos_of(t), key(t, g), false);
+      }
+      if (t1 < rows && nth > 1) barrier_.wait(nth);
+      t0 = t1;
+    }
   };
 
   switch (n.op) {
@@ -266,6 +299,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
       const auto [t0, t1] = split(rows, ith, nth);
       const int64_t kv_dim = int64_t{c.n_kv_heads} * hd;
       for (int64_t t = t0; t < t1; ++t) store_kv(t, n.layer, in_ptr(n.in[0]) + t * kv_dim, in_ptr(n.in[1]) + t * kv_dim);
+      store_keys_in_order(n.layer, in_ptr(n.in[0]), false);
       return;
     }
     case Op::rope_store: {
@@ -278,10 +312,13 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
         std::memcpy(q, in_ptr(n.in[0]) + t * n.width, static_cast<size_t>(n.width) * 4);
         cpu::rope(q, n.width / hd, hd, cs, sn);
         float* k = scratch;
-        std::memcpy(k, in_ptr(n.in[1]) + t * kv_dim, static_cast<size_t>(kv_dim) * 4);
-        cpu::rope(k, c.n_kv_heads, hd, cs, sn);
+        if (!ordered_keys) {
+          std::memcpy(k, in_ptr(n.in[1]) + t * kv_dim, static_cast<size_t>(kv_dim) * 4);
+          cpu::rope(k, c.n_kv_heads, hd, cs, sn);
+        }
         store_kv(t, n.layer, k, in_ptr(n.in[2]) + t * kv_dim);
       }
+      store_keys_in_order(n.layer, in_ptr(n.in[1]), true);
       return;
     }
     case Op::attention: {

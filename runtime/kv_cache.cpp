@@ -76,6 +76,9 @@ void KvCache::copy_rows(uint32_t dst, uint32_t src, int64_t rows) {
           if (L.quantized())
             copy(pool.base + dst * pb + off + L.scales_offset(), pool.base + src * pb + off + L.scales_offset(),
                  static_cast<size_t>(rows) * 2);
+          if (kind == 0 && L.key_offsets() && rows > 0)
+            copy(pool.base + dst * pb + off + L.offset_row_offset(), pool.base + src * pb + off + L.offset_row_offset(),
+                 static_cast<size_t>(L.offset_row_bytes()));
         }
   };
   if (host_.base) copy_pool(host_, [](uint8_t* d, const uint8_t* s, size_t n) { std::memcpy(d, s, n); });

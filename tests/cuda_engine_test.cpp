@@ -185,7 +185,10 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
       const cuda::DeviceKv kv{L, pool.p, dtable.p, static_cast<int32_t>(pages)};
       // Write every position with the GPU kernel.
       const int64_t kv_dim = c.kv_heads * c.hd;
-      const auto k = test::gaussian(static_cast<size_t>(c.context * kv_dim), 11 + static_cast<uint64_t>(c.hd), 1.5f);
+      // Keys with a part common to all positions, as real keys have (q4 offset rows).
+      auto k = test::gaussian(static_cast<size_t>(c.context * kv_dim), 11 + static_cast<uint64_t>(c.hd), 1.5f);
+      const auto common = test::gaussian(static_cast<size_t>(kv_dim), 13, 4.0f);
+      for (size_t i = 0; i < k.size(); ++i) k[i] += common[i % common.size()];
       const auto v = test::gaussian(static_cast<size_t>(c.context * kv_dim), 12 + static_cast<uint64_t>(c.hd));
       std::vector<int32_t> all_pos(static_cast<size_t>(c.context)), zeros(static_cast<size_t>(c.context), 0);
       for (int64_t p = 0; p < c.context; ++p) all_pos[static_cast<size_t>(p)] = static_cast<int32_t>(p);
@@ -204,7 +207,8 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
           const uint8_t* region = host_pages[static_cast<size_t>(p / kPageTokens)] + L.region_offset(0, 0, static_cast<uint32_t>(g));
           std::vector<float> row(static_cast<size_t>(c.hd));
           cpu::load_kv_row(type, region + (p % kPageTokens) * L.row_bytes(),
-                           reinterpret_cast<const uint16_t*>(region + L.scales_offset()) + p % kPageTokens, c.hd, row.data());
+                           reinterpret_cast<const uint16_t*>(region + L.scales_offset()) + p % kPageTokens, c.hd, row.data(),
+                           L.key_offsets() ? reinterpret_cast<const uint16_t*>(region + L.offset_row_offset()) : nullptr);
           if (cpu::kv_rotated(type, c.hd)) cpu::hadamard(row.data(), c.hd);
           const std::vector<float> want(k.begin() + p * kv_dim + g * c.hd, k.begin() + p * kv_dim + (g + 1) * c.hd);
           const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : 0.25;

@@ -231,6 +231,63 @@ TEST(Kernels, KvRowsRoundTrip) {
   }
 }
 
+// q4 keys are stored against their page's offset row (kernels/layout.h): page 0's is its
+// first key, page j's the mean of the keys before it as the cache holds them; a key
+// decodes to offset + row, with an error relative to its own part, not the common one.
+TEST(Kernels, Q4KeysAreStoredAgainstThePageOffset) {
+  for (int64_t hd : {64, 96}) {
+    const KvLayout L{KvType::q4, 1, 1, static_cast<uint32_t>(hd), kPageTokens};
+    const int64_t n = 3 * kPageTokens + 5, pages_n = 4;
+    std::vector<uint8_t> memory(static_cast<size_t>(pages_n * L.page_bytes()));
+    std::vector<uint8_t*> pages;
+    for (int64_t p = 0; p < pages_n; ++p) pages.push_back(memory.data() + p * L.page_bytes());
+    const auto common = test::gaussian(static_cast<size_t>(hd), 17, 8.0f);
+    std::vector<std::vector<float>> keys;
+    for (int64_t pos = 0; pos < n; ++pos) {
+      auto k = test::gaussian(static_cast<size_t>(hd), 100 + static_cast<uint64_t>(pos));
+      for (int64_t i = 0; i < hd; ++i) k[static_cast<size_t>(i)] += common[static_cast<size_t>(i)];
+      cpu::store_kv(L, pages.data(), 0, 0, 0, pos, k.data());
+      keys.push_back(k);
+    }
+    auto offset_of = [&](int64_t page) {
+      const auto* o = reinterpret_cast<const uint16_t*>(pages[static_cast<size_t>(page)] + L.region_offset(0, 0, 0) +
+                                                        L.offset_row_offset());
+      std::vector<float> v(static_cast<size_t>(hd));
+      for (int64_t i = 0; i < hd; ++i) v[static_cast<size_t>(i)] = f16_to_f32(o[i]);
+      if (cpu::kv_rotated(KvType::q4, hd)) cpu::hadamard(v.data(), hd);
+      return v;
+    };
+    // Decoded keys: error relative to the key's own (non-common) part.
+    std::vector<float> mean(static_cast<size_t>(hd), 0.0f);
+    double err = 0, own = 0;
+    for (int64_t pos = 0; pos < n; ++pos) {
+      const uint8_t* region = pages[static_cast<size_t>(pos / kPageTokens)] + L.region_offset(0, 0, 0);
+      std::vector<float> back(static_cast<size_t>(hd));
+      cpu::load_kv_row(KvType::q4, region + (pos % kPageTokens) * L.row_bytes(),
+                       reinterpret_cast<const uint16_t*>(region + L.scales_offset()) + pos % kPageTokens, hd, back.data(),
+                       reinterpret_cast<const uint16_t*>(region + L.offset_row_offset()));
+      if (cpu::kv_rotated(KvType::q4, hd)) cpu::hadamard(back.data(), hd);
+      for (int64_t i = 0; i < hd; ++i) {
+        const auto u = static_cast<size_t>(i);
+        err += (back[u] - keys[static_cast<size_t>(pos)][u]) * static_cast<double>(back[u] - keys[static_cast<size_t>(pos)][u]);
+        own += (keys[static_cast<size_t>(pos)][u] - common[u]) * static_cast<double>(keys[static_cast<size_t>(pos)][u] - common[u]);
+      }
+      // Page p's offset row is the mean of the decoded keys of positions [0, 32p).
+      if (pos % kPageTokens == 0) {
+        const auto o = offset_of(pos / kPageTokens);
+        for (int64_t i = 0; i < hd; ++i) {
+          const float want = pos == 0 ? keys[0][static_cast<size_t>(i)] : mean[static_cast<size_t>(i)] / static_cast<float>(pos);
+          ASSERT_NEAR(o[static_cast<size_t>(i)], want, 0.02f) << "hd " << hd << " page " << pos / kPageTokens;
+        }
+      }
+      for (int64_t i = 0; i < hd; ++i) mean[static_cast<size_t>(i)] += back[static_cast<size_t>(i)];
+    }
+    // 4 bits on the key's own part: ~0.1 relative error (0.25 bounds every q4 row).
+    // Without the offset the error would scale with the common part (8× larger here).
+    EXPECT_LT(std::sqrt(err / own), 0.25) << "hd " << hd;
+  }
+}
+
 TEST(Kernels, HadamardIsOrthogonalAndItsOwnInverse) {
   auto x = test::gaussian(64, 3);
   const auto orig = x;
@@ -259,13 +316,14 @@ TEST(Kernels, AttentionMatchesReferenceOnEveryLevel) {
       std::vector<uint8_t> memory(static_cast<size_t>(n_pages * layout.page_bytes()));
       std::vector<uint8_t*> pages;
       for (int64_t p = 0; p < n_pages; ++p) pages.push_back(memory.data() + p * layout.page_bytes());
+      const auto shared = test::gaussian(static_cast<size_t>(c.hd), 5, 3.0f);  // keys' common part
       for (int64_t pos = 0; pos < c.end; ++pos)
         for (int64_t g = 0; g < c.kv_heads; ++g)
           for (uint32_t kind = 0; kind < 2; ++kind) {
-            const auto v = test::gaussian(static_cast<size_t>(c.hd), static_cast<uint64_t>(pos * 97 + g * 7 + kind));
-            uint8_t* region = pages[static_cast<size_t>(pos / kPageTokens)] + layout.region_offset(0, kind, static_cast<uint32_t>(g));
-            cpu::store_kv_row(type, v.data(), c.hd, region + (pos % kPageTokens) * layout.row_bytes(),
-                              reinterpret_cast<uint16_t*>(region + layout.scales_offset()) + pos % kPageTokens);
+            auto v = test::gaussian(static_cast<size_t>(c.hd), static_cast<uint64_t>(pos * 97 + g * 7 + kind));
+            if (kind == 0)
+              for (size_t i = 0; i < v.size(); ++i) v[i] += shared[i];
+            cpu::store_kv(layout, pages.data(), 0, kind, static_cast<uint32_t>(g), pos, v.data());
           }
       const auto q = test::gaussian(static_cast<size_t>(c.heads * c.hd), 42);
       cpu::AttentionArgs a{&layout, 0, pages.data(), c.heads, c.kv_heads, c.hd, 1.0f / std::sqrt(static_cast<float>(c.hd))};

@@ -51,12 +51,14 @@ void hadamard(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
-void store_kv_row(KvType type, const float* x_in, int64_t hd, uint8_t* row, uint16_t* scale) {
+void store_kv_row(KvType type, const float* x_in, int64_t hd, uint8_t* row, uint16_t* scale, const uint16_t* offset) {
   float rotated[1024];
   const float* x = x_in;
-  if (kv_rotated(type, hd)) {
+  if (kv_rotated(type, hd) || offset) {
     std::memcpy(rotated, x_in, static_cast<size_t>(hd) * 4);
-    hadamard(rotated, hd);
+    if (kv_rotated(type, hd)) hadamard(rotated, hd);
+    if (offset)
+      for (int64_t i = 0; i < hd; ++i) rotated[i] -= f16_to_f32(offset[i]);
     x = rotated;
   }
   if (type == KvType::f32) {
@@ -80,10 +82,12 @@ void store_kv_row(KvType type, const float* x_in, int64_t hd, uint8_t* row, uint
   }
   // q4: quants in [-8, 7]; of 16 candidate scales amax/m, m in [5, 8], keep the one with
   // least squared error (with the f16-rounded scale the kernels will use).
+  // Quants are round(x · (1/d)), a product rather than a division (the GPU's too).
   auto error_of = [&](float d) {
+    const float id = 1.0f / d;
     float err = 0.0f;
     for (int64_t i = 0; i < hd; ++i) {
-      const float e = x[i] - d * std::clamp(round_even(x[i] / d), -8.0f, 7.0f);
+      const float e = x[i] - d * std::clamp(round_even(x[i] * id), -8.0f, 7.0f);
       err += e * e;
     }
     return err;
@@ -102,12 +106,19 @@ void store_kv_row(KvType type, const float* x_in, int64_t hd, uint8_t* row, uint
   }
   *scale = best;
   const float d = f16_to_f32(best);
-  auto quant = [&](float v) { return d > 0.0f ? static_cast<int>(std::clamp(round_even(v / d), -8.0f, 7.0f)) : 0; };
+  const float id = d > 0.0f ? 1.0f / d : 0.0f;
+  auto quant = [&](float v) { return static_cast<int>(std::clamp(round_even(v * id), -8.0f, 7.0f)); };
   const int64_t half = hd / 2;
   for (int64_t j = 0; j < half; ++j) row[j] = static_cast<uint8_t>((quant(x[j]) + 8) | ((quant(x[j + half]) + 8) << 4));
 }
 
-void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t hd, float* out) {
+void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t hd, float* out,
+                 const uint16_t* offset) {
+  if (offset) {
+    load_kv_row(type, row, scale, hd, out);
+    for (int64_t i = 0; i < hd; ++i) out[i] += f16_to_f32(offset[i]);
+    return;
+  }
   switch (type) {
     case KvType::f32:
       std::memcpy(out, row, static_cast<size_t>(hd) * 4);
@@ -132,6 +143,42 @@ void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t
       return;
     }
   }
+}
+
+void set_key_offset(const KvLayout& L, uint8_t* const* pages, uint32_t layer, uint32_t head, int64_t page,
+                    const float* first_key) {
+  const int64_t P = L.page_tokens, hd = L.head_dim;
+  auto* offset = reinterpret_cast<uint16_t*>(pages[page] + L.region_offset(layer, 0, head) + L.offset_row_offset());
+  float o[1024];
+  if (page == 0) {
+    std::memcpy(o, first_key, static_cast<size_t>(hd) * 4);
+    if (kv_rotated(L.type, hd)) hadamard(o, hd);
+  } else {  // o_(j-1) + (1/j) · mean of page j-1's rows
+    const uint8_t* prev = pages[page - 1] + L.region_offset(layer, 0, head);
+    const auto* prev_scales = reinterpret_cast<const uint16_t*>(prev + L.scales_offset());
+    const auto* prev_offset = reinterpret_cast<const uint16_t*>(prev + L.offset_row_offset());
+    float sum[1024] = {}, row[1024];
+    for (int64_t i = 0; i < P; ++i) {
+      load_kv_row(L.type, prev + i * L.row_bytes(), prev_scales + i, hd, row);
+      for (int64_t d = 0; d < hd; ++d) sum[d] += row[d];
+    }
+    const float w = 1.0f / static_cast<float>(P * page);
+    for (int64_t d = 0; d < hd; ++d) o[d] = f16_to_f32(prev_offset[d]) + sum[d] * w;
+  }
+  for (int64_t d = 0; d < hd; ++d) offset[d] = f32_to_f16(o[d]);
+}
+
+void store_kv(const KvLayout& L, uint8_t* const* pages, uint32_t layer, uint32_t kind, uint32_t head, int64_t pos,
+              const float* x, bool set_offset) {
+  const int64_t P = L.page_tokens, slot = pos % P;
+  uint8_t* region = pages[pos / P] + L.region_offset(layer, kind, head);
+  const uint16_t* offset = nullptr;
+  if (kind == 0 && L.key_offsets()) {
+    if (slot == 0 && set_offset) set_key_offset(L, pages, layer, head, pos / P, x);
+    offset = reinterpret_cast<const uint16_t*>(region + L.offset_row_offset());
+  }
+  store_kv_row(L.type, x, L.head_dim, region + slot * L.row_bytes(), reinterpret_cast<uint16_t*>(region + L.scales_offset()) + slot,
+               offset);
 }
 
 namespace detail {

@@ -35,10 +35,25 @@ inline bool kv_rotated(KvType type, int64_t head_dim) {
 void hadamard(float* x, int64_t n);
 
 // Encodes one key or value row (head_dim floats) into its slot: `row` in the page's
-// rows, `scale` its f16 scale (unused for f16).
-void store_kv_row(KvType type, const float* x, int64_t head_dim, uint8_t* row, uint16_t* scale);
-// Decodes one row back to floats (the reference the SIMD loaders are tested against).
-void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t head_dim, float* out);
+// rows, `scale` its f16 scale (unused for f16). `offset`: the page's key offset row for
+// q4 keys (kernels/layout.h), stored relative to it; null otherwise.
+void store_kv_row(KvType type, const float* x, int64_t head_dim, uint8_t* row, uint16_t* scale,
+                  const uint16_t* offset = nullptr);
+// Decodes one row back to floats (the reference the SIMD loaders are tested against), in
+// the rows' (rotated) domain; `offset` as for store_kv_row.
+void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t head_dim, float* out,
+                 const uint16_t* offset = nullptr);
+// Writes the key (kind 0) or value (kind 1) of position `pos`, head_dim floats, into
+// its slot of the sequence's pages (`pages[i]` holds positions [i·P, (i+1)·P)) for
+// (layer, KV head). q4 keys are stored against their page's offset row, which this sets
+// first when `pos` starts a page and `set_offset`; the page before must be complete.
+void store_kv(const KvLayout& layout, uint8_t* const* pages, uint32_t layer, uint32_t kind, uint32_t head,
+              int64_t pos, const float* x, bool set_offset = true);
+// Sets the key offset row of page `page` (kernels/layout.h) for (layer, KV head):
+// page 0's from its first key `first_key` (RoPE applied), a later one's from the page
+// before it, which must be complete.
+void set_key_offset(const KvLayout& layout, uint8_t* const* pages, uint32_t layer, uint32_t head, int64_t page,
+                    const float* first_key);
 
 namespace detail {
 using AttendFn = void (*)(const AttentionArgs&, int64_t, const float*, int64_t, int64_t, float*, float*);

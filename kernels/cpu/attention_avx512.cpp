@@ -135,6 +135,8 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
   for (int64_t p0 = begin; p0 < end;) {
     const PageSpan pg = page_span(a, g, p0, end);
     const int64_t n = pg.n;
+    float shared_score[64];  // kp is free until the rows are decoded
+    for (int64_t i = 0; i < group; ++i) shared_score[i] = offset_score<Avx512Ops>(pg, qs + i * hd, hd, kp);
     for (int64_t p = 0; p < n; ++p) {
       const int64_t slot = pg.slot0 + p;
       Avx512Ops::load_row(L.type, pg.k + slot * rb, pg.k_scale + slot, hd, kp + p * hd);
@@ -144,6 +146,7 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
       __m512 qv[C];
       for (int c = 0; c < C; ++c) qv[c] = _mm512_loadu_ps(qs + i * hd + 16 * c);
       float* s = pr + i * (P + 16);
+      const __m512 shared = _mm512_set1_ps(shared_score[i]);
       __m512 mx = neg_inf;
       for (int64_t j0 = 0; j0 < n; j0 += 16) {
         const int64_t cnt = std::min<int64_t>(16, n - j0);
@@ -155,7 +158,7 @@ void attend_group_fast(const AttentionArgs& a, int64_t g, const float* q, int64_
           dots[p] = d;
         }
         const __mmask16 valid = static_cast<__mmask16>(cnt == 16 ? 0xffff : (1u << cnt) - 1u);
-        const __m512 sv = _mm512_mask_blend_ps(valid, neg_inf, hsum16(dots));
+        const __m512 sv = _mm512_mask_blend_ps(valid, neg_inf, _mm512_add_ps(shared, hsum16(dots)));
         _mm512_storeu_ps(s + j0, sv);
         mx = _mm512_max_ps(mx, sv);
       }

@@ -16,6 +16,7 @@ struct PageSpan {
   int64_t slot0, n;
   const uint8_t *k, *v;                // the page's K and V regions
   const uint16_t *k_scale, *v_scale;   // their per-row scales
+  const uint16_t* k_offset;            // the keys' offset row (q4), else null
 };
 inline PageSpan page_span(const AttentionArgs& a, int64_t g, int64_t p0, int64_t end) {
   const KvLayout& L = *a.layout;
@@ -23,7 +24,16 @@ inline PageSpan page_span(const AttentionArgs& a, int64_t g, int64_t p0, int64_t
   const uint8_t* k = a.pages[p0 / P] + L.region_offset(a.layer, 0, static_cast<uint32_t>(g));
   const uint8_t* v = a.pages[p0 / P] + L.region_offset(a.layer, 1, static_cast<uint32_t>(g));
   return {slot0, std::min(end - p0, P - slot0), k, v, reinterpret_cast<const uint16_t*>(k + L.scales_offset()),
-          reinterpret_cast<const uint16_t*>(v + L.scales_offset())};
+          reinterpret_cast<const uint16_t*>(v + L.scales_offset()),
+          L.key_offsets() ? reinterpret_cast<const uint16_t*>(k + L.offset_row_offset()) : nullptr};
+}
+
+// The score every key of a page shares through its offset row: query · offset (0 without one).
+template <class S>
+float offset_score(const PageSpan& pg, const float* query, int64_t hd, float* row) {
+  if (!pg.k_offset) return 0.0f;
+  S::load_row(KvType::f16, reinterpret_cast<const uint8_t*>(pg.k_offset), nullptr, hd, row);
+  return S::dot(query, row, hd);
 }
 
 // out[h] = acc[i] / l[i] for the group's query heads h = g·group + i, rotated back for
@@ -66,9 +76,13 @@ void attend_group_impl(const AttentionArgs& a, int64_t g, const float* q, int64_
   for (int64_t p0 = begin; p0 < end;) {
     const PageSpan pg = page_span(a, g, p0, end);
     const int64_t n = pg.n, slot0 = pg.slot0;
+    for (int64_t i = 0; i < group; ++i) {
+      const float shared = offset_score<S>(pg, query(i), hd, row);
+      for (int64_t p = 0; p < n; ++p) scores[i * P + p] = shared;
+    }
     for (int64_t p = 0; p < n; ++p) {
       S::load_row(L.type, pg.k + (slot0 + p) * rb, pg.k_scale + slot0 + p, hd, row);
-      for (int64_t i = 0; i < group; ++i) scores[i * P + p] = S::dot(query(i), row, hd) * a.scale;
+      for (int64_t i = 0; i < group; ++i) scores[i * P + p] = (scores[i * P + p] + S::dot(query(i), row, hd)) * a.scale;
     }
     for (int64_t i = 0; i < group; ++i) {
       float* s = scores + i * P;

@@ -37,6 +37,22 @@ __device__ __forceinline__ uint8_t* region(const DeviceKv& kv, int slot, int64_t
   return kv.base + static_cast<uint64_t>(page) * kv.layout.page_bytes() + kv.layout.region_offset(layer, kind, head);
 }
 
+// One sequence's key and value regions of one (layer, KV head), with the page stride and
+// region offsets computed once: for the inner loops, where region()'s layout arithmetic
+// per 16-byte copy cost 8% of decode at 4096 positions.
+struct Regions {
+  uint8_t* base;
+  const int32_t* pages;  // the sequence's page table row
+  uint64_t page_bytes, offset[2];
+  __device__ __forceinline__ uint8_t* at(int64_t pos, int kind) const {
+    return base + static_cast<uint64_t>(pages[pos / kPageTokens]) * page_bytes + offset[kind];
+  }
+};
+__device__ __forceinline__ Regions regions_of(const DeviceKv& kv, int slot, uint32_t layer, uint32_t head) {
+  return {kv.base, kv.page_table + static_cast<int64_t>(slot) * kv.max_pages, kv.layout.page_bytes(),
+          {kv.layout.region_offset(layer, 0, head), kv.layout.region_offset(layer, 1, head)}};
+}
+
 // The lane's elements of one row at `row` (scale d for q8 and q4; 0 for inactive lanes).
 template <int E>
 __device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, float d, Lanes<E> ln, int lane, float* x) {
@@ -144,14 +160,204 @@ void by_elements(int hd, F&& f) {
 
 // ---- KV store ----------------------------------------------------------------------------
 
-// One warp per (token, KV head, keys or values), then (when q is given) one per (token,
-// query head) rotating q into q_out.
+// Quantizes a (rotated) row spread over a warp to q4 with the scale search of
+// kernels/layout.h, into `row` and `*scale`; x becomes the decoded row (scale · q). Lane
+// c < 16 computes candidate c's scale and reciprocal (two divisions per lane instead of
+// 32 per thread), and the 16 candidates' errors are summed over the warp together.
 template <int E>
-__global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, const float* v, int64_t n, int n_kv_heads,
+__device__ __forceinline__ void store_q4_row(float* x, Lanes<E> ln, int lane, uint8_t* row, __half* scale) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) amax = fmaxf(amax, fabsf(x[e]));
+  amax = warp_max(amax);
+  const float my_d = __half2float(__float2half_rn(amax / (5.0f + 0.2f * static_cast<float>(lane % 16))));
+  const float my_id = 1.0f / my_d;  // quants are round(x · (1/d)), as the CPU's
+  float err[16];
+#pragma unroll
+  for (int c = 0; c < 16; ++c) {
+    const float d = __shfl_sync(0xffffffffu, my_d, c), id = __shfl_sync(0xffffffffu, my_id, c);
+    err[c] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float r = x[e] - d * fminf(fmaxf(rintf(x[e] * id), -8.0f), 7.0f);
+      err[c] += r * r;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int c = 0; c < 16; ++c) err[c] += __shfl_xor_sync(0xffffffffu, err[c], o);
+  int best = 0;
+  float best_err = INFINITY;
+#pragma unroll
+  for (int c = 0; c < 16; ++c) {
+    const bool usable = __shfl_sync(0xffffffffu, my_d, c) > 0.0f;  // amax > 0 and no f16 underflow
+    if (usable && err[c] < best_err) {
+      best_err = err[c];
+      best = c;
+    }
+  }
+  const float bd = __shfl_sync(0xffffffffu, my_d, best), bid = __shfl_sync(0xffffffffu, my_id, best);
+  const float d = best_err < INFINITY ? bd : 0.0f, id = best_err < INFINITY ? bid : 0.0f;
+  const int first = lane * E;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int q = static_cast<int>(fminf(fmaxf(rintf(x[e] * id), -8.0f), 7.0f));
+    x[e] = d * static_cast<float>(q);
+    const int hi = __shfl_xor_sync(0xffffffffu, q, ln.half);
+    if (lane < ln.half) row[first + e] = static_cast<uint8_t>((q + 8) | ((hi + 8) << 4));
+  }
+  if (lane == 0) *scale = __float2half_rn(d);
+}
+
+// The lane's elements of a key or value row of token t, RoPE'd when it is a key and
+// inv_freq is given (0 for inactive lanes).
+template <int E>
+__device__ __forceinline__ void source_row(const float* src, Lanes<E> ln, int lane, bool rope, int64_t pos,
+                                           const float* inv_freq, float* x) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
+  if (rope) warp_rope<E>(x, ln, lane, pos, inv_freq);
+}
+
+// The lane's elements of a key region's offset row (kernels/layout.h).
+template <int E>
+__device__ __forceinline__ void load_offset_row(const DeviceKv& kv, const uint8_t* reg, Lanes<E> ln, int lane, float* x) {
+  const auto* o = reinterpret_cast<const __half*>(reg + kv.layout.offset_row_offset());
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? __half2float(o[lane * E + e]) : 0.0f;
+}
+
+// Whether token t's page starts in this batch (a sequence's tokens come in position
+// order, contiguous): then its key waits for the page's offset row (store_keys_in_order);
+// the keys of other tokens are stored against the offset row already in the page.
+__device__ __forceinline__ bool page_starts_in_batch(const int32_t* positions, const int32_t* slots, int64_t t) {
+  const int64_t back = positions[t] % kPageTokens;
+  return t >= back && slots[t - back] == slots[t] && positions[t - back] == positions[t] - back;
+}
+
+// The key of token t (n_kv_heads × hd per token), RoPE'd when inv_freq is given and
+// rotated: the lane's elements.
+template <int E>
+__device__ __forceinline__ void key_row(const float* k, int64_t t, int64_t pos, int n_kv_heads, int g, int hd,
+                                        const float* inv_freq, Lanes<E> ln, int lane, float* x) {
+  source_row<E>(k + (t * n_kv_heads + g) * hd, ln, lane, inv_freq != nullptr, pos, inv_freq, x);
+  if (rotated(KvType::q4, hd)) warp_hadamard<E>(x, hd, lane);
+}
+
+// Stores key row x (key_row) of position pos against the offset row `o` into its
+// region; x becomes the decoded residual.
+template <int E>
+__device__ __forceinline__ void store_key(const DeviceKv& kv, uint8_t* reg, int64_t pos, const float* o, Lanes<E> ln,
+                                          int lane, float* x) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] -= o[e];
+  const int64_t slot = pos % kPageTokens;
+  store_q4_row<E>(x, ln, lane, reg + slot * kv.layout.row_bytes(),
+                  reinterpret_cast<__half*>(reg + kv.layout.scales_offset()) + slot);
+}
+
+// The keys of pages that start in this batch, one block per KV head, page after page in
+// batch order (each page's offset row derives from the page before it): per page, the
+// offset row, then its rows, a warp each. Pages of different sequences follow each other
+// too. With `staged` (the launch's dynamic shared memory holds [kPageTokens + 1][hd]
+// floats), a page's decoded rows and offset row stay in shared memory for the next page
+// (prefill); otherwise, and for a page an earlier launch wrote, each warp decodes the
+// previous page from global memory.
+template <int E>
+__device__ void store_keys_in_order(const DeviceKv& kv, uint32_t layer, const float* k, int64_t n, int n_kv_heads, int hd,
+                                    const int32_t* positions, const int32_t* slots, const float* inv_freq, int g,
+                                    bool staged) {
+  extern __shared__ float sm_dyn[];
+  float* sm_rows = sm_dyn;                      // [kPageTokens][hd]: the page's decoded residual rows, by slot
+  float* sm_off = sm_dyn + kPageTokens * hd;    // [hd]: its offset row (f16 values)
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  const Lanes<E> ln = lanes_for<E>(hd);
+  const int rb = static_cast<int>(kv.layout.row_bytes());
+  int64_t written = -1;  // token that started the page whose rows sm_rows holds
+  for (int64_t t0 = 0; t0 < n;) {
+    const int64_t p0 = positions[t0];
+    if (p0 % kPageTokens != 0) {  // not a page that starts here: row warps store it
+      ++t0;
+      continue;
+    }
+    // The page's tokens: [t0, t1).
+    const int seq = slots[t0];
+    const int64_t next = t0 + 1 + lane;  // lane 31 would be the next page's
+    const bool more = lane < kPageTokens - 1 && next < n && slots[next] == seq && positions[next] == p0 + 1 + lane;
+    const int64_t t1 = t0 + __ffs(__ballot_sync(0xffffffffu, !more));
+    uint8_t* reg = region(kv, seq, p0, layer, 0, static_cast<uint32_t>(g));
+    float o[E];
+    if (p0 == 0) {  // the first key itself
+      key_row<E>(k, t0, p0, n_kv_heads, g, hd, inv_freq, ln, lane, o);
+    } else {  // o_(j-1) + (1/j) · mean of page j-1's decoded rows, summed in slot order as the CPU does
+      float sum[E], prev_o[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) sum[e] = 0.0f;
+      if (staged && written >= 0 && slots[written] == seq && positions[written] == p0 - kPageTokens &&
+          t0 - written == kPageTokens) {
+        if (lane < ln.active)
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            for (int r = 0; r < kPageTokens; ++r) sum[e] += sm_rows[r * hd + lane * E + e];
+            prev_o[e] = sm_off[lane * E + e];
+          }
+      } else {
+        const uint8_t* prev = region(kv, seq, p0 - kPageTokens, layer, 0, static_cast<uint32_t>(g));
+        const auto* prev_scales = reinterpret_cast<const __half*>(prev + kv.layout.scales_offset());
+#pragma unroll 8
+        for (int r = 0; r < kPageTokens; ++r) {
+          float x[E];
+          decode_row<E>(KvType::q4, prev + r * rb, __half2float(prev_scales[r]), ln, lane, x);
+#pragma unroll
+          for (int e = 0; e < E; ++e) sum[e] += x[e];
+        }
+        load_offset_row<E>(kv, prev, ln, lane, prev_o);
+      }
+      const float w = 1.0f / static_cast<float>(p0);  // 1 / (32 j), as the CPU computes it
+#pragma unroll
+      for (int e = 0; e < E; ++e) o[e] = lane < ln.active ? __fadd_rn(prev_o[e], __fmul_rn(sum[e], w)) : 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[e] = __half2float(__float2half_rn(o[e]));
+    __syncthreads();  // every warp has read sm_rows and sm_off
+    if (warp == 0 && lane < ln.active)
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        reinterpret_cast<__half*>(reg + kv.layout.offset_row_offset())[lane * E + e] = __float2half_rn(o[e]);
+        if (staged) sm_off[lane * E + e] = o[e];
+      }
+    // The page's rows, a warp each (every warp computed the same o).
+    for (int64_t t = t0 + warp; t < t1; t += warps) {
+      float x[E];
+      const int64_t pos = positions[t];
+      key_row<E>(k, t, pos, n_kv_heads, g, hd, inv_freq, ln, lane, x);
+      store_key<E>(kv, reg, pos, o, ln, lane, x);
+      if (staged && lane < ln.active)
+#pragma unroll
+        for (int e = 0; e < E; ++e) sm_rows[(t - t0) * hd + lane * E + e] = x[e];
+    }
+    __syncthreads();  // the rows are written (and staged) before the next page reads them
+    written = t1 - t0 == kPageTokens ? t0 : -1;
+    t0 = t1;
+  }
+}
+
+// One warp per (token, KV head, keys or values), then (when q is given) one per (token,
+// query head) rotating q into q_out. With offset rows (q4), the keys of pages that start
+// in this batch are left to the first `key_blocks` blocks, one per KV head
+// (store_keys_in_order): first, so that their page-by-page walk overlaps the other rows.
+template <int E, int kThreads>
+__global__ void __launch_bounds__(kThreads) kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, const float* v, int64_t n, int n_kv_heads,
                                 int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq,
-                                const float* q, float* q_out, int n_heads) {
+                                const float* q, float* q_out, int n_heads, unsigned key_blocks, bool staged) {
   grid_dependency_wait();
-  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
+  if (blockIdx.x < key_blocks) {
+    store_keys_in_order<E>(kv, layer, k, n, n_kv_heads, hd, positions, slots, inv_freq, static_cast<int>(blockIdx.x),
+                           staged);
+    return;
+  }
+  const int64_t warp = ((blockIdx.x - key_blocks) * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   const Lanes<E> ln = lanes_for<E>(hd);
   float x[E];
@@ -159,10 +365,7 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
     const int64_t qw = warp - n * 2 * n_kv_heads;
     if (!q || qw >= n * n_heads) return;
     const int64_t t = qw / n_heads;
-    const float* src = q + qw * hd;
-#pragma unroll
-    for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
-    warp_rope<E>(x, ln, lane, positions[t], inv_freq);
+    source_row<E>(q + qw * hd, ln, lane, true, positions[t], inv_freq, x);
     if (lane < ln.active)
 #pragma unroll
       for (int e = 0; e < E; ++e) q_out[qw * hd + lane * E + e] = x[e];
@@ -170,11 +373,17 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
   }
   const int64_t t = warp / (2 * n_kv_heads);
   const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
-  const float* src = (kind == 0 ? k : v) + (t * n_kv_heads + g) * hd;
-#pragma unroll
-  for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
   const int64_t pos = positions[t];
-  if (kind == 0 && inv_freq) warp_rope<E>(x, ln, lane, pos, inv_freq);
+  if (kind == 0 && kv.layout.key_offsets()) {  // against the offset row its page already has
+    key_row<E>(k, t, pos, n_kv_heads, g, hd, inv_freq, ln, lane, x);  // while the page's loads are in flight
+    if (page_starts_in_batch(positions, slots, t)) return;
+    uint8_t* reg = region(kv, slots[t], pos, layer, 0, static_cast<uint32_t>(g));
+    float o[E];
+    load_offset_row<E>(kv, reg, ln, lane, o);
+    store_key<E>(kv, reg, pos, o, ln, lane, x);
+    return;
+  }
+  source_row<E>((kind == 0 ? k : v) + (t * n_kv_heads + g) * hd, ln, lane, kind == 0 && inv_freq, pos, inv_freq, x);
   uint8_t* reg = region(kv, slots[t], pos, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
   const int64_t slot = pos % kPageTokens;
   uint8_t* row = reg + slot * kv.layout.row_bytes();
@@ -206,40 +415,10 @@ __global__ void kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, con
       if (lane == 0) *scale = sc;
       return;
     }
-    case KvType::q4: {
+    case KvType::q4:
       if (rotated(KvType::q4, hd)) warp_hadamard<E>(x, hd, lane);
-      float amax = 0.0f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) amax = fmaxf(amax, fabsf(x[e]));
-      amax = warp_max(amax);
-      __half best = __float2half_rn(0.0f);
-      float best_err = INFINITY;
-      for (int c = 0; c < 16 && amax > 0.0f; ++c) {
-        const __half sc = __float2half_rn(amax / (5.0f + 0.2f * static_cast<float>(c)));
-        const float d = __half2float(sc);
-        if (!(d > 0.0f)) continue;
-        float err = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float r = x[e] - d * fminf(fmaxf(rintf(x[e] / d), -8.0f), 7.0f);
-          err += r * r;
-        }
-        err = warp_sum(err);
-        if (err < best_err) {
-          best_err = err;
-          best = sc;
-        }
-      }
-      const float d = __half2float(best);
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int q = d > 0.0f ? static_cast<int>(fminf(fmaxf(rintf(x[e] / d), -8.0f), 7.0f)) : 0;
-        const int hi = __shfl_xor_sync(0xffffffffu, q, ln.half);
-        if (lane < ln.half) row[first + e] = static_cast<uint8_t>((q + 8) | ((hi + 8) << 4));
-      }
-      if (lane == 0) *scale = best;
+      store_q4_row<E>(x, ln, lane, row, scale);
       return;
-    }
   }
 }
 
@@ -267,12 +446,19 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
 constexpr int kBatch = 4;
 
 // Dynamic shared memory of a split block: the warps' accumulators [4][G][hd] floats, then
-// K and V rows [2][kSplit][row_bytes], then their scales [2][kSplit] halves.
-__host__ __device__ inline size_t split_smem_bytes(int g, int hd, uint64_t row_bytes) {
-  return static_cast<size_t>(4 * g * hd) * sizeof(float) + 2 * kSplit * row_bytes + 2 * kSplit * sizeof(__half);
+// K and V rows [2][kSplit][row_bytes], then their scales [2][kSplit] halves, then (with
+// key offset rows) the offset rows of the up to kSplit / kPageTokens + 1 pages the split
+// touches, [3][hd] halves.
+constexpr int kSplitPages = kSplit / kPageTokens + 1;
+__host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout& L) {
+  return static_cast<size_t>(4 * g * hd) * sizeof(float) + 2 * kSplit * L.row_bytes() + 2 * kSplit * sizeof(__half) +
+         (L.key_offsets() ? static_cast<size_t>(kSplitPages * hd) * sizeof(__half) : 0);
 }
 
-template <int E, int G>
+// kOffsets: the KV type has key offset rows (q4), a template parameter so that the
+// other types' kernels carry none of that code (with a runtime flag their decode at
+// 4096 positions ran 8% slower).
+template <int E, int G, bool kOffsets>
 __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads,
                                                            int n_kv_heads, int hd, const int32_t* positions,
                                                            const int32_t* slots, int window, int max_splits, float scale,
@@ -311,6 +497,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
     for (int e = 0; e < E; ++e) acc[i][e] = 0.0f;
   }
   const int slot = slots[t];
+  const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
   // Stage the split's rows: K rows [0, n), V rows [kSplit, kSplit + n), then the scales.
   const KvType type = kv.layout.type;
   const bool quantized = type == KvType::q8 || type == KvType::q4;
@@ -323,7 +510,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
   for (int idx = threadIdx.x; idx < 2 * n * per_row; idx += blockDim.x) {
     const int kind = idx / (n * per_row), rest = idx % (n * per_row), j = rest / per_row, c = rest % per_row;
     const int64_t p = lo + j;
-    const uint8_t* src = region(kv, slot, p, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g)) +
+    const uint8_t* src = regs.at(p, kind) +
                          (p % kPageTokens) * rb + c * chunk;
     uint8_t* dst = rows + (kind * kSplit + j) * rb + c * chunk;
     if (chunk >= 4) copy_async(dst, src, chunk);
@@ -333,9 +520,24 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
     for (int idx = threadIdx.x; idx < 2 * n; idx += blockDim.x) {
       const int kind = idx / n, j = idx % n;
       const int64_t p = lo + j;
-      const uint8_t* reg = region(kv, slot, p, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
+      const uint8_t* reg = regs.at(p, kind);
       scales[kind * kSplit + j] = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[p % kPageTokens];
     }
+  // Key offset rows of the pages [lo / P, (hi - 1) / P], copied in the same way.
+  __half* offsets = scales + 2 * kSplit;
+  constexpr bool has_offsets = kOffsets;
+  const int64_t first_page = lo / kPageTokens;
+  if constexpr (has_offsets) {
+    const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
+    for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
+      const int64_t p = (first_page + idx / per_offset) * kPageTokens;
+      if (p < hi)
+        copy_async(reinterpret_cast<uint8_t*>(offsets) + idx * ochunk,
+                   regs.at(p, 0) + kv.layout.offset_row_offset() +
+                       (idx % per_offset) * ochunk,
+                   ochunk);
+    }
+  }
   copy_async_wait();
   __syncthreads();
   for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
@@ -347,6 +549,11 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
       const float dv = quantized ? __half2float(scales[kSplit + ri]) : 0.0f;
       decode_row<E>(type, rows + ri * rb, dk, ln, lane, kf[j]);
       decode_row<E>(type, rows + (kSplit + ri) * rb, dv, ln, lane, vf[j]);
+      if (has_offsets && lane < ln.active) {  // compiled out without offsets
+        const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
+      }
     }
 #pragma unroll
     for (int i = 0; i < G; ++i) {
@@ -489,6 +696,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
 
 namespace wmma = nvcuda::wmma;
 constexpr int kBq = 64, kBk = 64;
+static_assert(kBk <= 2 * kPageTokens, "a key tile touches at most three pages");
 
 template <int HD>
 struct FlashSmem {
@@ -518,6 +726,7 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   const Lanes<E> ln = lanes_for<E>(HD);
   const bool rot = rotated(kv.layout.type, HD);
   const int slot = slots[0];
+  const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
 
   // Q rows (rotated for q4 KV), their positions, and the empty running state.
   for (int r = warp; r < kBq; r += 4) {
@@ -552,12 +761,24 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   const int64_t k_end = hi_pos + 1;
 
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kBk) {
+    // The key offset rows of the (up to three) pages the tile touches, loaded up front.
+    float o[3][E];
+    if (kv.layout.key_offsets())
+      for (int i = 0; i < 3; ++i) {
+        const int64_t p = (k0 / kPageTokens + i) * kPageTokens;
+        if (p < k_end) load_offset_row<E>(kv, regs.at(p, 0), ln, lane, o[i]);
+      }
     for (int j = warp; j < kBk; j += 4) {  // K and V rows of the tile, as f16
       const int64_t p = k0 + j;
       float kx[E], vx[E];
       if (p < k_end) {
-        load_row<E>(kv, region(kv, slot, p, layer, 0, static_cast<uint32_t>(g)), p, ln, lane, kx);
-        load_row<E>(kv, region(kv, slot, p, layer, 1, static_cast<uint32_t>(g)), p, ln, lane, vx);
+        load_row<E>(kv, regs.at(p, 0), p, ln, lane, kx);
+        if (kv.layout.key_offsets()) {
+          const int i = static_cast<int>(p / kPageTokens - k0 / kPageTokens);
+#pragma unroll
+          for (int e = 0; e < E; ++e) kx[e] += i == 0 ? o[0][e] : i == 1 ? o[1][e] : o[2][e];
+        }
+        load_row<E>(kv, regs.at(p, 1), p, ln, lane, vx);
       } else {
         for (int e = 0; e < E; ++e) kx[e] = vx[e] = 0.0f;
       }
@@ -667,10 +888,20 @@ void rope_store(const DeviceKv& kv, uint32_t layer, const float* q, float* q_out
   if (n == 0) return;
   const int64_t warps = n * 2 * kv.layout.n_kv_heads + (q ? n * n_heads : 0);
   const int hd = static_cast<int>(kv.layout.head_dim);
+  // With key offset rows a batch of many tokens takes blocks of 32 warps (a KV head's
+  // walk stores a page's rows at once); the row blocks take the same size.
+  // Such a batch also stages each page's rows in shared memory; small batches (decode)
+  // ask for none, so the kernel does not change the SM's shared-memory carve-out.
+  const bool staged = kv.layout.key_offsets() && n > 4;
+  const int threads = staged ? 32 * kWarp : 128;
+  const size_t smem = staged ? (kPageTokens + 1) * static_cast<size_t>(hd) * sizeof(float) : 0;
+  const unsigned key_blocks = kv.layout.key_offsets() ? kv.layout.n_kv_heads : 0;
   by_elements(hd, [&](auto e) {
-    launch(kv_store_kernel<decltype(e)::value>, blocks_for(warps * kWarp, 128), 128, 0, stream,
-        kv, layer, k, v, n, static_cast<int>(kv.layout.n_kv_heads), hd, positions, slots, inv_freq, q, q_out,
-        static_cast<int>(n_heads));
+    constexpr int E = decltype(e)::value;
+    launch(staged ? kv_store_kernel<E, 32 * kWarp> : kv_store_kernel<E, 128>,
+        dim3(key_blocks + blocks_for(warps * kWarp, threads)), threads, smem, stream, kv, layer, k, v, n,
+        static_cast<int>(kv.layout.n_kv_heads), hd, positions, slots, inv_freq, q, q_out, static_cast<int>(n_heads),
+        key_blocks, staged);
   });
 }
 
@@ -690,10 +921,11 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const int64_t group = n_heads / n_kv_heads;
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
                   static_cast<unsigned>(n_tokens));
-  const size_t smem = split_smem_bytes(G, hd, kv.layout.row_bytes());
+  const size_t smem = split_smem_bytes(G, hd, kv.layout);
+  const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true> : attend_split_kernel<E, G, false>;
   if (smem > 48 * 1024)  // over the default limit (f32 KV, wide heads): asked for explicitly
-    cudaFuncSetAttribute(attend_split_kernel<E, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  launch(attend_split_kernel<E, G>, grid, 128, smem, stream,
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  launch(kernel, grid, 128, smem, stream,
       kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
       1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out);
 }
