@@ -168,7 +168,8 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
       uint8_t* const* pages = b.page_tables[static_cast<size_t>(seq_of(t0))];
       if (pos_of(t0) % P == 0) {
         for (int64_t g = ith; g < c.n_kv_heads; g += nth)
-          cpu::set_key_offset(layout_, pages, L, static_cast<uint32_t>(g), pos_of(t0) / P, key(t0, g));
+          cpu::set_key_offset(layout_, pages, L, static_cast<uint32_t>(g), pos_of(t0) / P,
+                              pos_of(t0) == 0 ? key(t0, g) : nullptr);
         if (nth > 1) barrier_.wait(nth);
       }
       const auto [i0, i1] = split((t1 - t0) * c.n_kv_heads, ith, nth);
@@ -311,8 +312,8 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
         float* q = out() + t * n.width;
         std::memcpy(q, in_ptr(n.in[0]) + t * n.width, static_cast<size_t>(n.width) * 4);
         cpu::rope(q, n.width / hd, hd, cs, sn);
-        float* k = scratch;
-        if (!ordered_keys) {
+        float* k = ordered_keys ? nullptr : scratch;  // ordered keys: store_keys_in_order
+        if (k) {
           std::memcpy(k, in_ptr(n.in[1]) + t * kv_dim, static_cast<size_t>(kv_dim) * 4);
           cpu::rope(k, c.n_kv_heads, hd, cs, sn);
         }

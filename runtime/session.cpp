@@ -16,8 +16,9 @@ namespace kvant {
 namespace {
 
 // Session file, little-endian:
-//   u8[8] magic "KVSESS\0\n"; u32 version (2: q4 key regions hold offset rows, kernels/layout.h); u32 kv type; u32 n_layers, n_kv_heads,
-//   head_dim, page_tokens; u64 model header checksum; u64 n_tokens; i32 tokens[n];
+//   u8[8] magic "KVSESS\0\n"; u32 version (2: q4 key regions hold offset rows,
+//   kernels/layout.h); u32 kv type; u32 n_layers, n_kv_heads, head_dim, page_tokens;
+//   u64 model header checksum; u64 n_tokens; i32 tokens[n];
 //   u64 n_app; u8 app_data[n_app] (the application's, e.g. kvant-chat's conversation);
 //   u64 n_pages; n_pages × page_bytes of KV pages; u64 XXH3-64 of all bytes before it.
 constexpr char kMagic[8] = {'K', 'V', 'S', 'E', 'S', 'S', 0, '\n'};

@@ -50,8 +50,8 @@ void load_kv_row(KvType type, const uint8_t* row, const uint16_t* scale, int64_t
 void store_kv(const KvLayout& layout, uint8_t* const* pages, uint32_t layer, uint32_t kind, uint32_t head,
               int64_t pos, const float* x, bool set_offset = true);
 // Sets the key offset row of page `page` (kernels/layout.h) for (layer, KV head):
-// page 0's from its first key `first_key` (RoPE applied), a later one's from the page
-// before it, which must be complete.
+// page 0's from its first key `first_key` (RoPE applied; unused for later pages), a
+// later one's from the page before it, which must be complete.
 void set_key_offset(const KvLayout& layout, uint8_t* const* pages, uint32_t layer, uint32_t head, int64_t page,
                     const float* first_key);
 

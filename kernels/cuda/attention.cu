@@ -375,8 +375,8 @@ __global__ void __launch_bounds__(kThreads) kv_store_kernel(DeviceKv kv, uint32_
   const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
   const int64_t pos = positions[t];
   if (kind == 0 && kv.layout.key_offsets()) {  // against the offset row its page already has
-    key_row<E>(k, t, pos, n_kv_heads, g, hd, inv_freq, ln, lane, x);  // while the page's loads are in flight
-    if (page_starts_in_batch(positions, slots, t)) return;
+    if (page_starts_in_batch(positions, slots, t)) return;  // (decode: no loads, t < its slot)
+    key_row<E>(k, t, pos, n_kv_heads, g, hd, inv_freq, ln, lane, x);
     uint8_t* reg = region(kv, slots[t], pos, layer, 0, static_cast<uint32_t>(g));
     float o[E];
     load_offset_row<E>(kv, reg, ln, lane, o);
@@ -525,9 +525,8 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
     }
   // Key offset rows of the pages [lo / P, (hi - 1) / P], copied in the same way.
   __half* offsets = scales + 2 * kSplit;
-  constexpr bool has_offsets = kOffsets;
   const int64_t first_page = lo / kPageTokens;
-  if constexpr (has_offsets) {
+  if constexpr (kOffsets) {
     const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
     for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
       const int64_t p = (first_page + idx / per_offset) * kPageTokens;
@@ -549,7 +548,7 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
       const float dv = quantized ? __half2float(scales[kSplit + ri]) : 0.0f;
       decode_row<E>(type, rows + ri * rb, dk, ln, lane, kf[j]);
       decode_row<E>(type, rows + (kSplit + ri) * rb, dv, ln, lane, vf[j]);
-      if (has_offsets && lane < ln.active) {  // compiled out without offsets
+      if (kOffsets && lane < ln.active) {
         const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
 #pragma unroll
         for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
