@@ -100,15 +100,6 @@ __device__ __forceinline__ void load_row(const DeviceKv& kv, const uint8_t* reg,
   decode_row<E>(kv.layout.type, reg + slot * kv.layout.row_bytes(), d, ln, lane, x);
 }
 
-// Asynchronous global → shared copy of `bytes` (4, 8 or 16; both addresses aligned to it).
-__device__ __forceinline__ void copy_async(void* smem, const void* gmem, int bytes) {
-  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-  else if (bytes == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem) : "memory");
-  else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 // Normalized Walsh-Hadamard transform of a row spread over a warp (see the top).
 template <int E>
 __device__ __forceinline__ void warp_hadamard(float* x, int hd, int lane) {

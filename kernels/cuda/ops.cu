@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
                                                                          float eps, float* out, uint8_t* q,
                                                                          size_t q_stride) {
   grid_dependency_wait();
+  launch_dependents();
   __shared__ float shared[32];
   const float* row = x + blockIdx.x * n;
   float v[kNormPer];
