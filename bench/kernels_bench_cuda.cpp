@@ -116,7 +116,7 @@ void BM_cuda_attention(benchmark::State& state, KvType type, int64_t n_heads, in
   const cuda::DeviceKv kv{layout, pool.as<uint8_t>(), dtable.as<int32_t>(), static_cast<int32_t>(pages)};
   time_iterations(state, [&] {
     cuda::attention(kv, 0, q.as<float>(), 1, n_heads, n_kv_heads, positions.as<int32_t>(), slots.as<int32_t>(), true,
-                    0, depth, out.as<float>(), scratch.as<float>(), counters.as<int>(), nullptr);
+                    0, depth, out.as<float>(), nullptr, scratch.as<float>(), counters.as<int>(), nullptr);
   });
   const double kv_bytes = 2.0 * static_cast<double>(depth) * static_cast<double>(n_kv_heads) *
                           (static_cast<double>(layout.row_bytes()) + (type == KvType::q8 || type == KvType::q4 ? 2 : 0));

@@ -435,10 +435,16 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       cuda::rope_store(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), out(), n.width / hd, in(n.in[1]), in(n.in[2]), rows,
                        positions, slots, W.inv_freq(), s);
       return size_t{1};
-    case Op::attention:
+    case Op::attention: {
+      // In decode, the attention kernel also writes the int8 records of its output that
+      // the next node (quantize, for the output projection's GEMV) would make.
+      const Node* next = index + 1 < end ? &nodes[index + 1] : nullptr;
+      const bool fused = decode && next && next->op == Op::quantize && next->in[0].node == static_cast<int>(index);
       cuda::attention(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), rows, c.n_heads, c.n_kv_heads, positions, slots,
-                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), scratch_, counters_, s);
-      return size_t{1};
+                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(),
+                      fused ? arena_ + next->offset[0] : nullptr, scratch_, counters_, s);
+      return size_t{fused ? 2u : 1u};
+    }
     case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};
     case Op::gelu: cuda::gelu(in(n.in[0]), rows * n.width, n.gelu == GeluKind::tanh, out(), s); return size_t{1};
     case Op::add: cuda::add(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};

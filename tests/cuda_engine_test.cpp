@@ -235,9 +235,19 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
         DeviceBuffer<int> counters(cuda::attention_counters(c.n, c.heads));
         cudaMemset(counters.p, 0, counters.n * 4);
         cudaMemset(dout.p, 0xff, dout.n * 4);
+        // The int8 records of the output for the next GEMV, written by the attention
+        // kernel itself: the same bytes as quantize_acts makes from the f32 output.
+        const int64_t width = c.heads * c.hd;
+        const bool records = width % 32 == 0;
+        const size_t record_bytes = records ? static_cast<size_t>(c.n) * cuda::act_bytes(width) : 0;
+        DeviceBuffer<uint8_t> dq8(record_bytes), want_q8(record_bytes);
+        cudaMemset(dq8.p, 0, record_bytes);
+        cudaMemset(want_q8.p, 0, record_bytes);
         cuda::attention(kv, 0, dq.p, c.n, c.heads, c.kv_heads, dqpos.p, dqslots.p, true, window, c.context, dout.p,
-                        dscratch.p, counters.p, nullptr);
+                        records ? dq8.p : nullptr, dscratch.p, counters.p, nullptr);
+        if (records) cuda::quantize_acts(dout.p, c.n, width, want_q8.p, nullptr);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(dq8.download(), want_q8.download()) << "records, hd " << c.hd << " n " << c.n;
         const bool flash = c.n > cuda::kMaxGemvTokens && (c.hd == 64 || c.hd == 128);
         // Flash attention rounds Q, K, V and P to f16 for the tensor cores.
         const double bound = flash ? 5e-3 : 1e-5;

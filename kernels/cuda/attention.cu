@@ -453,7 +453,8 @@ template <int E, int G, bool kOffsets>
 __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads,
                                                            int n_kv_heads, int hd, const int32_t* positions,
                                                            const int32_t* slots, int window, int max_splits, float scale,
-                                                           float* scratch, int* counters, float* out) {
+                                                           float* scratch, int* counters, float* out, uint8_t* out_q,
+                                                           size_t q_stride) {
   grid_dependency_wait();
   const int group = n_heads / n_kv_heads, sub = group / G;
   const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
@@ -671,6 +672,9 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
       if (lane < ln.active)
 #pragma unroll
         for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
+      if (out_q)
+        quantize_act_lanes<E>(A, lane, lane < ln.active, static_cast<int64_t>(h0 + i) * hd,
+                              static_cast<int64_t>(n_heads) * hd, out_q + t * q_stride);
     }
     __syncthreads();
   }
@@ -906,7 +910,7 @@ namespace {
 template <int E, int G>
 void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads,
                   int64_t n_kv_heads, const int32_t* positions, const int32_t* slots, int32_t window, int max_splits,
-                  float* out, float* scratch, int* counters, cudaStream_t stream) {
+                  float* out, uint8_t* out_q, float* scratch, int* counters, cudaStream_t stream) {
   const int hd = static_cast<int>(kv.layout.head_dim);
   const int64_t group = n_heads / n_kv_heads;
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
@@ -917,18 +921,25 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   launch(kernel, grid, 128, smem, stream,
       kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
-      1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out);
+      1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out, out_q, act_bytes(n_heads * hd));
 }
 }  // namespace
 
 void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
                const int32_t* positions, const int32_t* slots, bool single_sequence, int32_t window, int64_t max_context,
-               float* out, float* scratch, int* counters, cudaStream_t stream) {
+               float* out, uint8_t* out_q, float* scratch, int* counters, cudaStream_t stream) {
   if (n_tokens == 0) return;
   const int hd = static_cast<int>(kv.layout.head_dim);
   if (single_sequence && n_tokens > kMaxGemvTokens && (hd == 64 || hd == 128)) {
     if (hd == 64) launch_flash<64>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, out, stream);
     else launch_flash<128>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, out, stream);
+    if (out_q) quantize_acts(out, n_tokens, n_heads * hd, out_q, stream);
+    return;
+  }
+  if (out_q && hd % 32 != 0) {  // heads are not whole blocks of 32: quantized on their own
+    attention(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, single_sequence, window, max_context, out,
+              nullptr, scratch, counters, stream);
+    quantize_acts(out, n_tokens, n_heads * hd, out_q, stream);
     return;
   }
   const int max_splits = static_cast<int>((max_context + kSplit - 1) / kSplit);
@@ -938,10 +949,10 @@ void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tok
   by_elements(hd, [&](auto e) {
     constexpr int E = decltype(e)::value;
     switch (g_per_block) {
-      case 8: launch_split<E, 8>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
-      case 4: launch_split<E, 4>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
-      case 2: launch_split<E, 2>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
-      default: launch_split<E, 1>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, scratch, counters, stream); break;
+      case 8: launch_split<E, 8>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, out_q, scratch, counters, stream); break;
+      case 4: launch_split<E, 4>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, out_q, scratch, counters, stream); break;
+      case 2: launch_split<E, 2>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, out_q, scratch, counters, stream); break;
+      default: launch_split<E, 1>(kv, layer, q, n_tokens, n_heads, n_kv_heads, positions, slots, window, max_splits, out, out_q, scratch, counters, stream); break;
     }
   });
 }

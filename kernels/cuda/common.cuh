@@ -21,7 +21,8 @@ constexpr int kWarp = 32;
 // comes before their own wait (the GEMVs load their first weights there) while this one
 // finishes. The GEMVs and the activation quantizers before them call it right after
 // their wait (+10% q4 decode on the H100); kernels that prefill runs do not (called from
-// every kernel it cost prefill 3-6%, and f16 decode 2-14%). No-op before sm_90.
+// every kernel it cost prefill 3-6%, and f16 decode 2-14%; from the split attention
+// before the output projection, f16 decode -1%). No-op before sm_90.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -100,6 +101,50 @@ __device__ __forceinline__ void quantize_act_block(float v, int64_t i, int64_t k
   const int64_t b = i / 32;
   if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[b] = d;
   if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[b * 2 + lane / 16] = s;
+}
+
+// The same records for a row spread over a warp E values per lane: the lane holds
+// elements base + lane·E + [0, E) of the k-long row (base a multiple of 32; lanes
+// without elements pass active false, in groups of whole blocks). Same bytes as
+// quantize_act_block; every lane of the warp calls it.
+template <int E>
+__device__ __forceinline__ void quantize_act_lanes(const float (&v)[E], int lane, bool active, int64_t base, int64_t k,
+                                                   uint8_t* rec) {
+  static_assert(E == 1 || E == 2 || E == 4 || E == 8);
+  constexpr int kBlockLanes = 32 / E, kHalfLanes = 16 / E;
+  bool nonfinite = false;
+  float amax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    nonfinite = nonfinite || !isfinite(v[e]);
+    amax = fmaxf(amax, fabsf(v[e]));
+  }
+#pragma unroll
+  for (int o = kBlockLanes / 2; o > 0; o >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    nonfinite = __shfl_xor_sync(0xffffffffu, static_cast<int>(nonfinite), o) != 0 || nonfinite;
+  }
+  const float amax_d = amax / 127.0f;
+  const float d = nonfinite ? __int_as_float(0x7fc00000) : amax_d >= FLT_MIN ? amax_d : 0.0f;
+  int8_t q[E], lo[E];
+  int s = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    q[e] = lo[e] = 0;
+    if (!nonfinite) quantize_act(v[e], d > 0.0f ? 1.0f / d : 0.0f, &q[e], &lo[e]);
+    s += 256 * q[e] + lo[e];
+  }
+#pragma unroll
+  for (int o = kHalfLanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (!active) return;
+  const int64_t i = base + static_cast<int64_t>(lane) * E;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    reinterpret_cast<int8_t*>(rec)[i + e] = q[e];
+    reinterpret_cast<int8_t*>(rec + k)[i + e] = lo[e];
+  }
+  if (lane % kBlockLanes == 0) reinterpret_cast<float*>(rec + 2 * k)[i / 32] = d;
+  if (lane % kHalfLanes == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[i / 16] = s;
 }
 
 __device__ __forceinline__ int warp_sum_int(int v) {

@@ -67,6 +67,12 @@ constexpr int kNormThreads = 1024, kNormPer = 8;
 __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const float* x, const float* w, int64_t n,
                                                                          float eps, float* out, uint8_t* q,
                                                                          size_t q_stride) {
+  float wv[kNormPer];  // the norm weights are loaded before the wait: nothing writes them
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kNormThreads;
+    wv[j] = i < n ? w[i] : 0.0f;
+  }
   grid_dependency_wait();
   launch_dependents();
   __shared__ float shared[32];
@@ -87,7 +93,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
   for (int j = 0; j < kNormPer; ++j) {
     const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kNormThreads;
     if (i - lane >= n) break;  // whole warps leave together (n % 32 == 0)
-    const float val = v[j] * inv * w[i];
+    const float val = v[j] * inv * wv[j];
     out[blockIdx.x * n + i] = val;
     quantize_act_block(val, i, n, rec);
   }
