@@ -119,6 +119,10 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
         for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fnmadd_ps(sw[i], corr, acc[i][j]);
       }
     }
+    // One token (decode): the weight and activation scales multiplied once per 16 blocks,
+    // then permuted per chunk (with more tokens the products would not fit the registers).
+    if constexpr (T == 1)
+      for (int i = 0; i < R; ++i) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
     for (int c = 0; c < nb / 2; ++c) {
       const int64_t chunk = g / 2 + c;
       const __m512i idx = chunk_index(c);
@@ -145,7 +149,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
           base = _mm512_sub_epi32(_mm512_setzero_si512(),
                                   _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv));
         }
-        const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);
+        const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);  // T == 1: with the activation scale
         for (int j = 0; j < T; ++j) {
           __m512i dp;
           if constexpr (D == DType::q4) {
@@ -155,7 +159,8 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
             const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(base, xv[j], wv), 8);
             dp = _mm512_dpbusd_epi32(_mm512_add_epi32(hi, base), xlv[j], wv);
           }
-          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(swl, sxl[j]), acc[i][j]);
+          const __m512 scale = T == 1 ? swl : _mm512_mul_ps(swl, sxl[j]);
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), scale, acc[i][j]);
         }
       }
     }
