@@ -343,6 +343,7 @@ __global__ void __launch_bounds__(kThreads) kv_store_kernel(DeviceKv kv, uint32_
                                 int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq,
                                 const float* q, float* q_out, int n_heads, unsigned key_blocks, bool staged) {
   grid_dependency_wait();
+  if (n <= kMaxGemvTokens) launch_dependents();  // decode: the attention starts copying settled rows
   if (blockIdx.x < key_blocks) {
     store_keys_in_order<E>(kv, layer, k, n, n_kv_heads, hd, positions, slots, inv_freq, static_cast<int>(blockIdx.x),
                            staged);
@@ -455,7 +456,6 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
                                                            const int32_t* slots, int window, int max_splits, float scale,
                                                            float* scratch, int* counters, float* out, uint8_t* out_q,
                                                            size_t q_stride) {
-  grid_dependency_wait();
   const int group = n_heads / n_kv_heads, sub = group / G;
   const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
   const int s = blockIdx.y;
@@ -473,6 +473,56 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
   __shared__ bool sm_last;
   extern __shared__ __align__(16) float sm_acc[];  // [4][G][hd], then the staged rows
 
+  const int slot = slots[t];
+  const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
+  // Stage the split's rows: K rows [0, n), V rows [kSplit, kSplit + n), then the scales.
+  const KvType type = kv.layout.type;
+  const bool quantized = type == KvType::q8 || type == KvType::q4;
+  const int rb = static_cast<int>(kv.layout.row_bytes());
+  uint8_t* rows = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
+  __half* scales = reinterpret_cast<__half*>(rows + 2 * kSplit * rb);
+  const int chunk = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : rb % 4 == 0 ? 4 : 1;
+  const int per_row = rb / chunk;
+  auto stage = [&](int64_t from, int64_t to) {  // positions [from, to) of the split
+    const int n = static_cast<int>(to - from), j0 = static_cast<int>(from - lo);
+    for (int idx = threadIdx.x; idx < 2 * n * per_row; idx += blockDim.x) {
+      const int kind = idx / (n * per_row), rest = idx % (n * per_row), j = j0 + rest / per_row, c = rest % per_row;
+      const int64_t p = lo + j;
+      const uint8_t* src = regs.at(p, kind) + (p % kPageTokens) * rb + c * chunk;
+      uint8_t* dst = rows + (kind * kSplit + j) * rb + c * chunk;
+      if (chunk >= 4) copy_async(dst, src, chunk);
+      else *dst = *src;
+    }
+    if (quantized)
+      for (int idx = threadIdx.x; idx < 2 * n; idx += blockDim.x) {
+        const int kind = idx / n, j = j0 + idx % n;
+        const int64_t p = lo + j;
+        const uint8_t* reg = regs.at(p, kind);
+        scales[kind * kSplit + j] = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[p % kPageTokens];
+      }
+  };
+  // Rows more than n_tokens - 1 positions before this token's are not written by this
+  // batch's KV store (it writes at most n_tokens rows of a sequence, ending at or after
+  // this position): their copies start before the wait, overlapping the kernel before.
+  // The page table, positions and slots come from the host before the step.
+  const int64_t settled = min(hi, max(lo, r.end - static_cast<int64_t>(gridDim.z)));
+  stage(lo, settled);
+  grid_dependency_wait();
+  stage(settled, hi);
+  // Key offset rows of the pages [lo / P, (hi - 1) / P], copied in the same way.
+  __half* offsets = scales + 2 * kSplit;
+  const int64_t first_page = lo / kPageTokens;
+  if constexpr (kOffsets) {
+    const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
+    for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
+      const int64_t p = (first_page + idx / per_offset) * kPageTokens;
+      if (p < hi)
+        copy_async(reinterpret_cast<uint8_t*>(offsets) + idx * ochunk,
+                   regs.at(p, 0) + kv.layout.offset_row_offset() +
+                       (idx % per_offset) * ochunk,
+                   ochunk);
+    }
+  }
   float qv[G][E];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
@@ -487,47 +537,6 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
     l[i] = 0.0f;
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[i][e] = 0.0f;
-  }
-  const int slot = slots[t];
-  const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
-  // Stage the split's rows: K rows [0, n), V rows [kSplit, kSplit + n), then the scales.
-  const KvType type = kv.layout.type;
-  const bool quantized = type == KvType::q8 || type == KvType::q4;
-  const int rb = static_cast<int>(kv.layout.row_bytes());
-  const int n = static_cast<int>(hi - lo);
-  uint8_t* rows = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
-  __half* scales = reinterpret_cast<__half*>(rows + 2 * kSplit * rb);
-  const int chunk = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : rb % 4 == 0 ? 4 : 1;
-  const int per_row = rb / chunk;
-  for (int idx = threadIdx.x; idx < 2 * n * per_row; idx += blockDim.x) {
-    const int kind = idx / (n * per_row), rest = idx % (n * per_row), j = rest / per_row, c = rest % per_row;
-    const int64_t p = lo + j;
-    const uint8_t* src = regs.at(p, kind) +
-                         (p % kPageTokens) * rb + c * chunk;
-    uint8_t* dst = rows + (kind * kSplit + j) * rb + c * chunk;
-    if (chunk >= 4) copy_async(dst, src, chunk);
-    else *dst = *src;
-  }
-  if (quantized)
-    for (int idx = threadIdx.x; idx < 2 * n; idx += blockDim.x) {
-      const int kind = idx / n, j = idx % n;
-      const int64_t p = lo + j;
-      const uint8_t* reg = regs.at(p, kind);
-      scales[kind * kSplit + j] = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[p % kPageTokens];
-    }
-  // Key offset rows of the pages [lo / P, (hi - 1) / P], copied in the same way.
-  __half* offsets = scales + 2 * kSplit;
-  const int64_t first_page = lo / kPageTokens;
-  if constexpr (kOffsets) {
-    const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
-    for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
-      const int64_t p = (first_page + idx / per_offset) * kPageTokens;
-      if (p < hi)
-        copy_async(reinterpret_cast<uint8_t*>(offsets) + idx * ochunk,
-                   regs.at(p, 0) + kv.layout.offset_row_offset() +
-                       (idx % per_offset) * ochunk,
-                   ochunk);
-    }
   }
   copy_async_wait();
   __syncthreads();

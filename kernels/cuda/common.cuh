@@ -19,10 +19,11 @@ constexpr int kWarp = 32;
 // next one launch early by calling launch_dependents(): the next kernel's blocks become
 // resident once every block of this one has made the call (or exited), and run what
 // comes before their own wait (the GEMVs load their first weights there) while this one
-// finishes. The GEMVs and the activation quantizers before them call it right after
-// their wait (+10% q4 decode on the H100); kernels that prefill runs do not (called from
-// every kernel it cost prefill 3-6%, and f16 decode 2-14%; from the split attention
-// before the output projection, f16 decode -1%). No-op before sm_90.
+// finishes. The GEMVs, the activation quantizers before them and the decode KV store
+// (the attention copies settled KV rows before its wait) call it right after their wait
+// (+10% q4 decode on the H100); kernels that prefill runs do not (called from every
+// kernel it cost prefill 3-6%, and f16 decode 2-14%; from the split attention before
+// the output projection, f16 decode -1%). No-op before sm_90.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
