@@ -234,10 +234,11 @@ __device__ __forceinline__ void dot_chunk(const Chunk<R>& ch, int c, int64_t k, 
 // 64g + 16h + [0, 16) in the low nibbles, 64g + 32 + 16h + [0, 16) in the high ones
 // (FORMAT.md 6.2); nibbles are unsigned, the +8 is removed with the activations' sums.
 // q8: chunk c holds elements [16c, 16c + 16) of block c / 2.
-// Float weights take batches of 8 (f16 decode measured 13% faster than with 4, when
-// every kernel launched its dependents early); quantized ones 4 (registers).
+// q4 weights take batches of 4 (with 8, q4 decode -4%: registers); q8 and float
+// weights 8 (q8 decode +3%; f16 decode 13% faster than with 4 when every kernel launched
+// its dependents early).
 template <DType D>
-constexpr int kBatch = D == DType::q4 || D == DType::q8 ? 4 : 8;
+constexpr int kBatch = D == DType::q4 ? 4 : 8;
 
 template <DType D, int R, int P>
 __device__ __forceinline__ void load_batch(const RowSet<R>& rs, int first, int n, Chunk<R> (&b)[P]) {
