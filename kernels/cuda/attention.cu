@@ -125,18 +125,31 @@ __device__ __forceinline__ void warp_hadamard(float* x, int hd, int lane) {
   for (int e = 0; e < E; ++e) x[e] *= s;
 }
 
-// RoPE of a row spread over a warp: element i pairs with i + hd/2, held by lane ^ half.
+// The RoPE angles of the lane's elements at position pos: element i pairs with i + hd/2,
+// held by lane ^ half, and turns by pos · inv_freq[i mod hd/2].
 template <int E>
-__device__ __forceinline__ void warp_rope(float* x, Lanes<E> ln, int lane, int64_t pos, const float* inv_freq) {
+struct Rotation {
+  float s[E], c[E];
+};
+template <int E>
+__device__ __forceinline__ Rotation<E> rotation(Lanes<E> ln, int lane, int64_t pos, const float* inv_freq) {
+  Rotation<E> r;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    r.s[e] = 0.0f;
+    r.c[e] = 1.0f;
+    if (lane < ln.active) sincosf(static_cast<float>(pos) * inv_freq[(lane % ln.half) * E + e], &r.s[e], &r.c[e]);
+  }
+  return r;
+}
+
+// RoPE of a row spread over a warp.
+template <int E>
+__device__ __forceinline__ void warp_rope(float* x, Lanes<E> ln, int lane, const Rotation<E>& r) {
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const float partner = __shfl_xor_sync(0xffffffffu, x[e], ln.half);
-    if (lane < ln.active) {
-      const int i = (lane % ln.half) * E + e;
-      float s, c;
-      sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
-      x[e] = lane < ln.half ? x[e] * c - partner * s : x[e] * c + partner * s;
-    }
+    if (lane < ln.active) x[e] = lane < ln.half ? x[e] * r.c[e] - partner * r.s[e] : x[e] * r.c[e] + partner * r.s[e];
   }
 }
 
@@ -201,14 +214,12 @@ __device__ __forceinline__ void store_q4_row(float* x, Lanes<E> ln, int lane, ui
   if (lane == 0) *scale = __float2half_rn(d);
 }
 
-// The lane's elements of a key or value row of token t, RoPE'd when it is a key and
-// inv_freq is given (0 for inactive lanes).
+// The lane's elements of a row (0 for inactive lanes), RoPE'd when rot is given.
 template <int E>
-__device__ __forceinline__ void source_row(const float* src, Lanes<E> ln, int lane, bool rope, int64_t pos,
-                                           const float* inv_freq, float* x) {
+__device__ __forceinline__ void source_row(const float* src, Lanes<E> ln, int lane, const Rotation<E>* rot, float* x) {
 #pragma unroll
   for (int e = 0; e < E; ++e) x[e] = lane < ln.active ? src[lane * E + e] : 0.0f;
-  if (rope) warp_rope<E>(x, ln, lane, pos, inv_freq);
+  if (rot) warp_rope<E>(x, ln, lane, *rot);
 }
 
 // The lane's elements of a key region's offset row (kernels/layout.h).
@@ -230,10 +241,16 @@ __device__ __forceinline__ bool page_starts_in_batch(const int32_t* positions, c
 // The key of token t (n_kv_heads × hd per token), RoPE'd when inv_freq is given and
 // rotated: the lane's elements.
 template <int E>
+__device__ __forceinline__ void key_row(const float* k, int64_t t, int n_kv_heads, int g, int hd, const Rotation<E>* rot,
+                                        Lanes<E> ln, int lane, float* x) {
+  source_row<E>(k + (t * n_kv_heads + g) * hd, ln, lane, rot, x);
+  if (rotated(KvType::q4, hd)) warp_hadamard<E>(x, hd, lane);
+}
+template <int E>
 __device__ __forceinline__ void key_row(const float* k, int64_t t, int64_t pos, int n_kv_heads, int g, int hd,
                                         const float* inv_freq, Lanes<E> ln, int lane, float* x) {
-  source_row<E>(k + (t * n_kv_heads + g) * hd, ln, lane, inv_freq != nullptr, pos, inv_freq, x);
-  if (rotated(KvType::q4, hd)) warp_hadamard<E>(x, hd, lane);
+  const Rotation<E> rot = inv_freq ? rotation<E>(ln, lane, pos, inv_freq) : Rotation<E>{};
+  key_row<E>(k, t, n_kv_heads, g, hd, inv_freq ? &rot : nullptr, ln, lane, x);
 }
 
 // Stores key row x (key_row) of position pos against the offset row `o` into its
@@ -342,9 +359,9 @@ template <int E, int kThreads>
 __global__ void __launch_bounds__(kThreads) kv_store_kernel(DeviceKv kv, uint32_t layer, const float* k, const float* v, int64_t n, int n_kv_heads,
                                 int hd, const int32_t* positions, const int32_t* slots, const float* inv_freq,
                                 const float* q, float* q_out, int n_heads, unsigned key_blocks, bool staged) {
-  grid_dependency_wait();
-  if (n <= kMaxGemvTokens) launch_dependents();  // decode: the attention starts copying settled rows
   if (blockIdx.x < key_blocks) {
+    grid_dependency_wait();
+    if (n <= kMaxGemvTokens) launch_dependents();
     store_keys_in_order<E>(kv, layer, k, n, n_kv_heads, hd, positions, slots, inv_freq, static_cast<int>(blockIdx.x),
                            staged);
     return;
@@ -352,30 +369,36 @@ __global__ void __launch_bounds__(kThreads) kv_store_kernel(DeviceKv kv, uint32_
   const int64_t warp = ((blockIdx.x - key_blocks) * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   const Lanes<E> ln = lanes_for<E>(hd);
+  // The warp's row and its RoPE angles come first: positions are the host's, inv_freq a
+  // weight, so the sines and cosines are computed before the wait.
+  const bool query = warp >= n * 2 * n_kv_heads;
+  const int64_t qw = warp - n * 2 * n_kv_heads;
+  if (query && (!q || qw >= n * n_heads)) return;
+  const int64_t t = query ? qw / n_heads : warp / (2 * n_kv_heads);
+  const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
+  const int64_t pos = positions[t];
+  const bool rope = query || (kind == 0 && inv_freq);
+  const Rotation<E> rot = rope ? rotation<E>(ln, lane, pos, inv_freq) : Rotation<E>{};
+  grid_dependency_wait();
+  if (n <= kMaxGemvTokens) launch_dependents();  // decode: the attention starts copying settled rows
   float x[E];
-  if (warp >= n * 2 * n_kv_heads) {  // a query row
-    const int64_t qw = warp - n * 2 * n_kv_heads;
-    if (!q || qw >= n * n_heads) return;
-    const int64_t t = qw / n_heads;
-    source_row<E>(q + qw * hd, ln, lane, true, positions[t], inv_freq, x);
+  if (query) {
+    source_row<E>(q + qw * hd, ln, lane, &rot, x);
     if (lane < ln.active)
 #pragma unroll
       for (int e = 0; e < E; ++e) q_out[qw * hd + lane * E + e] = x[e];
     return;
   }
-  const int64_t t = warp / (2 * n_kv_heads);
-  const int g = static_cast<int>((warp / 2) % n_kv_heads), kind = static_cast<int>(warp % 2);
-  const int64_t pos = positions[t];
   if (kind == 0 && kv.layout.key_offsets()) {  // against the offset row its page already has
     if (page_starts_in_batch(positions, slots, t)) return;  // (decode: no loads, t < its slot)
-    key_row<E>(k, t, pos, n_kv_heads, g, hd, inv_freq, ln, lane, x);
+    key_row<E>(k, t, n_kv_heads, g, hd, rope ? &rot : nullptr, ln, lane, x);
     uint8_t* reg = region(kv, slots[t], pos, layer, 0, static_cast<uint32_t>(g));
     float o[E];
     load_offset_row<E>(kv, reg, ln, lane, o);
     store_key<E>(kv, reg, pos, o, ln, lane, x);
     return;
   }
-  source_row<E>((kind == 0 ? k : v) + (t * n_kv_heads + g) * hd, ln, lane, kind == 0 && inv_freq, pos, inv_freq, x);
+  source_row<E>((kind == 0 ? k : v) + (t * n_kv_heads + g) * hd, ln, lane, rope ? &rot : nullptr, x);
   uint8_t* reg = region(kv, slots[t], pos, layer, static_cast<uint32_t>(kind), static_cast<uint32_t>(g));
   const int64_t slot = pos % kPageTokens;
   uint8_t* row = reg + slot * kv.layout.row_bytes();
