@@ -136,7 +136,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
           xv[j] = _mm512_loadu_si512(xu[j] + chunk * 64);
           xlv[j] = _mm512_xor_si512(_mm512_loadu_si512(xl[j] + chunk * 64), _mm512_set1_epi8(-128));  // lo + 128
         }
-        sxl[j] = _mm512_permutexvar_ps(idx, sx[j]);
+        if constexpr (T > 1) sxl[j] = _mm512_permutexvar_ps(idx, sx[j]);  // T == 1: in sw already
       }
       for (int i = 0; i < R; ++i) {
         __m512i wv, base;
@@ -149,7 +149,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
           base = _mm512_sub_epi32(_mm512_setzero_si512(),
                                   _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv));
         }
-        const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);  // T == 1: with the activation scale
+        const __m512 swl = _mm512_permutexvar_ps(idx, sw[i]);
         for (int j = 0; j < T; ++j) {
           __m512i dp;
           if constexpr (D == DType::q4) {
@@ -159,7 +159,8 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
             const __m512i hi = _mm512_slli_epi32(_mm512_dpbusd_epi32(base, xv[j], wv), 8);
             dp = _mm512_dpbusd_epi32(_mm512_add_epi32(hi, base), xlv[j], wv);
           }
-          const __m512 scale = T == 1 ? swl : _mm512_mul_ps(swl, sxl[j]);
+          __m512 scale = swl;
+          if constexpr (T > 1) scale = _mm512_mul_ps(swl, sxl[j]);
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), scale, acc[i][j]);
         }
       }
