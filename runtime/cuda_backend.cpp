@@ -336,6 +336,14 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
 
   const bool decode = rows <= cuda::kMaxGemvTokens;
   const uint8_t* xq = n.q_in.valid() ? bytes_in(n.q_in) : nullptr;
+  // In decode, where the next node quantizes this node's output for a GEMV: its records,
+  // for this node's kernel to write itself (the node is then covered too); else null.
+  auto fused_quantize = [&]() -> uint8_t* {
+    const Node* next = index + 1 < end ? &nodes[index + 1] : nullptr;
+    return decode && next && next->op == Op::quantize && next->in[0].node == static_cast<int>(index)
+               ? arena_ + next->offset[0]
+               : nullptr;
+  };
   auto device_matrix = [&](const cpu::WeightMatrix* host) -> Result<cuda::DeviceMatrix> {
     const cuda::DeviceMatrix w = W.matrix(*host);
     if (!w.data) return Status::error(ErrorCode::internal, "weight of '{}' is not on the GPU", n.name);
@@ -371,10 +379,8 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
     case Op::select_rows: cuda::select_rows(in(n.in[0]), output_rows, rows, n.width, out(), s); return size_t{1};
     case Op::norm: {
       // A decode-sized RMSNorm followed by the quantize of its output: one kernel.
-      const Node* next = index + 1 < end ? &nodes[index + 1] : nullptr;
-      if (decode && n.norm == NormKind::rms && next && next->op == Op::quantize &&
-          next->in[0].node == static_cast<int>(index)) {
-        cuda::rms_norm_quantize(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), arena_ + next->offset[0], s);
+      if (uint8_t* q = fused_quantize(); q && n.norm == NormKind::rms) {
+        cuda::rms_norm_quantize(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), q, s);
         return size_t{2};
       }
       if (n.norm == NormKind::rms) cuda::rms_norm(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), s);
@@ -438,12 +444,10 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
     case Op::attention: {
       // In decode, the attention kernel also writes the int8 records of its output that
       // the next node (quantize, for the output projection's GEMV) would make.
-      const Node* next = index + 1 < end ? &nodes[index + 1] : nullptr;
-      const bool fused = decode && next && next->op == Op::quantize && next->in[0].node == static_cast<int>(index);
+      uint8_t* q = fused_quantize();
       cuda::attention(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), rows, c.n_heads, c.n_kv_heads, positions, slots,
-                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(),
-                      fused ? arena_ + next->offset[0] : nullptr, scratch_, counters_, s);
-      return size_t{fused ? 2u : 1u};
+                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), q, scratch_, counters_, s);
+      return size_t{q ? 2u : 1u};
     }
     case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};
     case Op::gelu: cuda::gelu(in(n.in[0]), rows * n.width, n.gelu == GeluKind::tanh, out(), s); return size_t{1};

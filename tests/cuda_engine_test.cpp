@@ -163,6 +163,40 @@ TEST(CudaKernels, QuantizedActivationsEqualTheCpus) {
   }
 }
 
+// RMSNorm+quantize (the decode norm before a GEMV): its rows against the CPU's rms_norm,
+// its records the bytes quantize_acts makes from those rows; widths for each register
+// layout (4 and 8 values per thread, partial last warps) and past it (the two-kernel path).
+TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t n : {64, 96, 576, 4096, 5120, 8192, 8224}) {
+    for (int64_t rows : {1, 3}) {
+      auto x = test::gaussian(static_cast<size_t>(n * rows), static_cast<uint64_t>(n + rows), 2.0f);
+      const auto w = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n * 7), 1.0f);
+      if (n == 576) x[40] = INFINITY;  // the row's records: NaN scales and zero quants, as the CPU's
+      DeviceBuffer<float> dx(x), dw(w), dout(static_cast<size_t>(n * rows));
+      DeviceBuffer<uint8_t> dq(cuda::act_bytes(n) * rows), want(cuda::act_bytes(n) * rows);
+      cuda::rms_norm_quantize(dx.p, dw.p, rows, n, 1e-5f, dout.p, dq.p, nullptr);
+      cuda::quantize_acts(dout.p, rows, n, want.p, nullptr);
+      const auto out = dout.download();
+      for (int64_t r = 0; r < rows; ++r) {
+        std::vector<float> ref(static_cast<size_t>(n));
+        cpu::rms_norm(x.data() + r * n, w.data(), n, 1e-5f, ref.data(), cpu::SimdLevel::scalar);
+        for (int64_t i = 0; i < n; ++i) {
+          const float g = out[static_cast<size_t>(r * n + i)], e = ref[static_cast<size_t>(i)];
+          if (std::isnan(e)) EXPECT_TRUE(std::isnan(g)) << "n " << n << " row " << r << " i " << i;
+          else ASSERT_NEAR(g, e, 1e-5f * (1.0f + std::fabs(e))) << "n " << n << " row " << r << " i " << i;
+        }
+      }
+      const auto got = dq.download(), expect = want.download();
+      const size_t used = static_cast<size_t>(2 * n + (n / 32) * 4 + (n / 16) * 4);  // act_bytes less its padding
+      for (int64_t r = 0; r < rows; ++r) {
+        const size_t at = static_cast<size_t>(r) * cuda::act_bytes(n);
+        EXPECT_EQ(0, std::memcmp(got.data() + at, expect.data() + at, used)) << "records, n " << n << " row " << r;
+      }
+    }
+  }
+}
+
 // KV rows written on the GPU read back on the CPU as the CPU would have written them,
 // and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
 TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {

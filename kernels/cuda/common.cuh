@@ -83,31 +83,30 @@ __device__ __forceinline__ void quantize_act(float v, float inv_scale, int8_t* q
   *lo = static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(t - r, 256.0f)), -127.0f), 127.0f));
 }
 
-// Element i of a k-long activation row into its record (kernels.h, act_bytes): called by
-// every lane of a warp whose 32 lanes hold one block of 32 values. As the CPU's
-// quantize_acts: scale max |x| / 127; NaN with zero quants when the block holds Inf or
-// NaN; 0 where max |x| / 127 is subnormal (its inverse would overflow).
-__device__ __forceinline__ void quantize_act_block(float v, int64_t i, int64_t k, uint8_t* rec) {
-  const int lane = threadIdx.x % kWarp;
-  const bool nonfinite = __any_sync(0xffffffffu, !isfinite(v));
-  const float amax_d = warp_max(fabsf(v)) / 127.0f;
-  const float d = nonfinite ? __int_as_float(0x7fc00000) : amax_d >= FLT_MIN ? amax_d : 0.0f;
-  int8_t q = 0, lo = 0;
-  if (!nonfinite) quantize_act(v, d > 0.0f ? 1.0f / d : 0.0f, &q, &lo);
-  reinterpret_cast<int8_t*>(rec)[i] = q;
-  reinterpret_cast<int8_t*>(rec + k)[i] = lo;
-  int s = 256 * q + lo;
+// E consecutive floats (E a multiple of 4: 16-byte loads and stores; the address
+// 16-byte aligned) to and from registers.
+template <int E>
+__device__ __forceinline__ void load_floats(const float* p, float (&v)[E]) {
+  static_assert(E % 4 == 0);
 #pragma unroll
-  for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // sums within each half-warp
-  const int64_t b = i / 32;
-  if (lane == 0) reinterpret_cast<float*>(rec + 2 * k)[b] = d;
-  if (lane % 16 == 0) reinterpret_cast<int32_t*>(rec + 2 * k + (k / 32) * 4)[b * 2 + lane / 16] = s;
+  for (int j = 0; j < E; j += 4) {
+    const float4 f = *reinterpret_cast<const float4*>(p + j);
+    v[j] = f.x, v[j + 1] = f.y, v[j + 2] = f.z, v[j + 3] = f.w;
+  }
+}
+template <int E>
+__device__ __forceinline__ void store_floats(const float (&v)[E], float* p) {
+  static_assert(E % 4 == 0);
+#pragma unroll
+  for (int j = 0; j < E; j += 4) *reinterpret_cast<float4*>(p + j) = make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]);
 }
 
-// The same records for a row spread over a warp E values per lane: the lane holds
-// elements base + lane·E + [0, E) of the k-long row (base a multiple of 32; lanes
-// without elements pass active false, in groups of whole blocks). Same bytes as
-// quantize_act_block; every lane of the warp calls it.
+// The int8 records (kernels.h, act_bytes) of a k-long activation row spread over a warp
+// E values per lane: the lane holds elements base + lane·E + [0, E) (base a multiple of
+// 32; lanes without elements pass active false, in groups of whole blocks); every lane
+// of the warp calls it. As the CPU's quantize_acts: scale max |x| / 127 per block of 32;
+// NaN with zero quants when the block holds Inf or NaN; 0 where max |x| / 127 is
+// subnormal (its inverse would overflow).
 template <int E>
 __device__ __forceinline__ void quantize_act_lanes(const float (&v)[E], int lane, bool active, int64_t base, int64_t k,
                                                    uint8_t* rec) {
