@@ -714,28 +714,60 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
 
 // ---- prefill attention: tensor-core flash attention ---------------------------------------
 //
-// Block (query tile of 64 rows, KV head g), 4 warps; rows enumerate (token, query head of
-// the group). Per key tile of 64 positions: K and V are dequantized to f16 in shared
-// memory, S = Q·Kᵀ on tensor cores (WMMA 16×16×16, f32 accumulate), each warp runs the
-// online softmax for its 16 rows (causal and sliding-window masks), writes P in f16 and
-// rescales its rows of O, and O += P·V on tensor cores. O stays in shared memory in f32.
+// Block (query tile of 64 rows, KV head g), 4 warps of 16 rows; rows enumerate (token,
+// query head of the group). Per key tile of 64 positions the block puts K and V in shared
+// memory as f16 (f16 KV: copied with cp.async, all of the tile's loads in flight; other
+// types: dequantized row by row), then each warp, with everything else in registers
+// (FlashAttention-2's layout): S = Q·Kᵀ with mma.sync m16n8k16 (f16 in, f32 accumulate;
+// Q's fragments loaded once, K's with ldmatrix), the online softmax of its 16 rows (each
+// row's 64 scores spread over the 4 lanes of a quad: two shuffles per reduction), P kept
+// in registers as the next product's A fragments, and O += P·V (V's fragments with
+// ldmatrix.trans). The first version, WMMA with S, P and O round-tripping through shared
+// memory and the rows' softmax one at a time, took 240 us per layer for 512 tokens of
+// llama2-7b on the H100 (~9 TFLOP/s).
 
-namespace wmma = nvcuda::wmma;
 constexpr int kBq = 64, kBk = 64;
 static_assert(kBk <= 2 * kPageTokens, "a key tile touches at most three pages");
 
 template <int HD>
 struct FlashSmem {
+  union {
+    struct {
+      __half k[kBk][HD + 8];  // rows padded by 16 bytes: ldmatrix's 8 row addresses hit distinct banks
+      __half v[kBk][HD + 8];
+    } kv;
+    float o[kBq][HD + 4];  // the output, for the final rotation and store
+  };
   __half q[kBq][HD + 8];
-  __half k[kBk][HD + 8];
-  __half v[kBk][HD + 8];
-  float s[kBq][kBk + 4];
-  __half p[kBq][kBk + 8];
-  float o[kBq][HD + 4];
-  float m[kBq], l[kBq];
   int pos[kBq];
   int head[kBq];
 };
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+// d += a·b for a 16×16 f16 tile a (row-major fragments), a 16×8 tile b, f32 d.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
 
 template <int HD>
 __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_t layer, const float* q, int64_t n_tokens,
@@ -754,7 +786,7 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   const int slot = slots[0];
   const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
 
-  // Q rows (rotated for q4 KV), their positions, and the empty running state.
+  // Q rows (rotated for q4 KV) and their positions.
   for (int r = warp; r < kBq; r += 4) {
     const int64_t row = row0 + r;
     float x[E];
@@ -763,15 +795,10 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
     const int h = g * group + static_cast<int>(valid ? row % group : 0);
     for (int e = 0; e < E; ++e) x[e] = valid ? q[(t * n_heads + h) * HD + lane * E + e] : 0.0f;
     if (rot) warp_hadamard<E>(x, HD, lane);
-    for (int e = 0; e < E; ++e) {
-      sm.q[r][lane * E + e] = __float2half_rn(x[e]);
-      sm.o[r][lane * E + e] = 0.0f;
-    }
+    for (int e = 0; e < E; ++e) sm.q[r][lane * E + e] = __float2half_rn(x[e]);
     if (lane == 0) {
       sm.pos[r] = valid ? positions[t] : -1;
       sm.head[r] = h;
-      sm.m[r] = -INFINITY;
-      sm.l[r] = 0.0f;
     }
   }
   __syncthreads();
@@ -786,99 +813,163 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(DeviceKv kv, uint32_
   const int64_t k_begin = window > 0 ? max(int64_t{0}, static_cast<int64_t>(lo_pos) - window + 1) : 0;
   const int64_t k_end = hi_pos + 1;
 
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kBk) {
-    // The key offset rows of the (up to three) pages the tile touches, loaded up front.
-    float o[3][E];
-    if (kv.layout.key_offsets())
-      for (int i = 0; i < 3; ++i) {
-        const int64_t p = (k0 / kPageTokens + i) * kPageTokens;
-        if (p < k_end) load_offset_row<E>(kv, regs.at(p, 0), ln, lane, o[i]);
-      }
-    for (int j = warp; j < kBk; j += 4) {  // K and V rows of the tile, as f16
-      const int64_t p = k0 + j;
-      float kx[E], vx[E];
-      if (p < k_end) {
-        load_row<E>(kv, regs.at(p, 0), p, ln, lane, kx);
-        if (kv.layout.key_offsets()) {
-          const int i = static_cast<int>(p / kPageTokens - k0 / kPageTokens);
+  // The warp's rows: r0 + qr and r0 + qr + 8 for this lane (qr = lane / 4; the lane's
+  // columns of a 16×8 accumulator tile are 2·(lane % 4) + {0, 1}).
+  const int r0 = warp * 16, qr = lane / 4, qc = 2 * (lane % 4);
+  const int row_pos[2] = {sm.pos[r0 + qr], sm.pos[r0 + qr + 8]};
+  int warp_hi = max(row_pos[0], row_pos[1]), warp_lo = INT32_MAX;
+  for (int i = 0; i < 2; ++i)
+    if (row_pos[i] >= 0) warp_lo = min(warp_lo, row_pos[i]);
 #pragma unroll
-          for (int e = 0; e < E; ++e) kx[e] += i == 0 ? o[0][e] : i == 1 ? o[1][e] : o[2][e];
-        }
-        load_row<E>(kv, regs.at(p, 1), p, ln, lane, vx);
-      } else {
-        for (int e = 0; e < E; ++e) kx[e] = vx[e] = 0.0f;
+  for (int o = 16; o > 0; o >>= 1) {
+    warp_hi = max(warp_hi, __shfl_xor_sync(0xffffffffu, warp_hi, o));
+    warp_lo = min(warp_lo, __shfl_xor_sync(0xffffffffu, warp_lo, o));
+  }
+  uint32_t qa[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) ldmatrix_x4(qa[kk], &sm.q[r0 + lane % 16][kk * 16 + (lane / 16) * 8]);
+  float o_acc[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o_acc[n][0] = o_acc[n][1] = o_acc[n][2] = o_acc[n][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const float scale_log2 = scale * 1.4426950408889634f;  // softmax in base 2
+  const bool copy_rows = kv.layout.type == KvType::f16;
+
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kBk) {
+    __syncthreads();  // every warp is done with the previous tile
+    if (copy_rows) {
+      // f16 rows straight into the tile: HD / 8 chunks of 16 bytes per row; rows past the
+      // end are zeros (their scores are masked, but P·V must not meet NaN bit patterns).
+      constexpr int kChunks = HD / 8;
+      for (int idx = threadIdx.x; idx < 2 * kBk * kChunks; idx += blockDim.x) {
+        const int kind = idx / (kBk * kChunks), j = (idx / kChunks) % kBk, c = idx % kChunks;
+        const int64_t p = k0 + j;
+        __half* dst = (kind == 0 ? &sm.kv.k[j][0] : &sm.kv.v[j][0]) + c * 8;
+        if (p < k_end) copy_async(dst, regs.at(p, kind) + (p % kPageTokens) * kv.layout.row_bytes() + c * 16, 16);
+        else *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
-      for (int e = 0; e < E; ++e) {
-        sm.k[j][lane * E + e] = __float2half_rn(kx[e]);
-        sm.v[j][lane * E + e] = __float2half_rn(vx[e]);
+      copy_async_wait();
+    } else {
+      // The key offset rows of the (up to three) pages the tile touches, loaded up front.
+      float off[3][E];
+      if (kv.layout.key_offsets())
+        for (int i = 0; i < 3; ++i) {
+          const int64_t p = (k0 / kPageTokens + i) * kPageTokens;
+          if (p < k_end) load_offset_row<E>(kv, regs.at(p, 0), ln, lane, off[i]);
+        }
+      for (int j = warp; j < kBk; j += 4) {  // K and V rows of the tile, as f16
+        const int64_t p = k0 + j;
+        float kx[E], vx[E];
+        if (p < k_end) {
+          load_row<E>(kv, regs.at(p, 0), p, ln, lane, kx);
+          if (kv.layout.key_offsets()) {
+            const int i = static_cast<int>(p / kPageTokens - k0 / kPageTokens);
+#pragma unroll
+            for (int e = 0; e < E; ++e) kx[e] += i == 0 ? off[0][e] : i == 1 ? off[1][e] : off[2][e];
+          }
+          load_row<E>(kv, regs.at(p, 1), p, ln, lane, vx);
+        } else {
+          for (int e = 0; e < E; ++e) kx[e] = vx[e] = 0.0f;
+        }
+        for (int e = 0; e < E; ++e) {
+          sm.kv.k[j][lane * E + e] = __float2half_rn(kx[e]);
+          sm.kv.v[j][lane * E + e] = __float2half_rn(vx[e]);
+        }
       }
     }
     __syncthreads();
-    const int r0 = warp * 16;
-    // S = Q Kᵀ for the warp's 16 rows.
-    for (int c = 0; c < kBk / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int kk = 0; kk < HD / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
-        wmma::load_matrix_sync(a, &sm.q[r0][kk * 16], HD + 8);
-        wmma::load_matrix_sync(b, &sm.k[c * 16][kk * 16], HD + 8);
-        wmma::mma_sync(acc, a, b, acc);
+    // Keys after every row of the warp, or before all of their windows: nothing to add.
+    if (k0 > warp_hi || (window > 0 && k0 + kBk - 1 <= static_cast<int64_t>(warp_lo) - window)) continue;
+
+    // S = Q·Kᵀ: 8 tiles of 8 keys. ldmatrix x4 on K gives two key tiles' B fragments.
+    float s[kBk / 8][4];
+#pragma unroll
+    for (int n = 0; n < kBk / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+      for (int n = 0; n < kBk / 8; n += 2) {
+        uint32_t b[4];
+        const int m = lane / 8;  // matrix m: keys (n + m / 2)·8.., dims kk·16 + (m % 2)·8
+        ldmatrix_x4(b, &sm.kv.k[(n + m / 2) * 8 + lane % 8][kk * 16 + (m % 2) * 8]);
+        mma_16816(s[n], qa[kk], b[0], b[1]);
+        mma_16816(s[n + 1], qa[kk], b[2], b[3]);
       }
-      wmma::store_matrix_sync(&sm.s[r0][c * 16], acc, kBk + 4, wmma::mem_row_major);
+    // Online softmax for rows qr (i = 0) and qr + 8 (i = 1).
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kBk / 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int i = c / 2, pos = row_pos[i];
+        const int64_t kp = k0 + n * 8 + qc + c % 2;
+        const bool ok = pos >= 0 && kp < k_end && kp <= pos && (window <= 0 || kp > pos - window);
+        s[n][c] = ok ? s[n][c] * scale_log2 : -INFINITY;
+        mx[i] = fmaxf(mx[i], s[n][c]);
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float m_new = fmaxf(m_run[i], mx[i]);
+      m_use[i] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing yet: every p is 0
+      alpha[i] = exp2f(m_run[i] - m_use[i]);
+      m_run[i] = m_new;
     }
-    __syncwarp();
-    // Online softmax of the warp's rows; P in f16; rescale O.
-    for (int r = r0; r < r0 + 16; ++r) {
-      const int pos = sm.pos[r];
-      float sv[2];
-      bool ok[2];
-      for (int i = 0; i < 2; ++i) {
-        const int col = lane + 32 * i;
-        const int64_t kp = k0 + col;
-        ok[i] = pos >= 0 && kp < k_end && kp <= pos && (window <= 0 || kp > pos - window);
-        sv[i] = ok[i] ? sm.s[r][col] * scale : -INFINITY;
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < kBk / 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        s[n][c] = exp2f(s[n][c] - m_use[c / 2]);
+        sum[c / 2] += s[n][c];
       }
-      const float mx = warp_max(fmaxf(sv[0], sv[1]));
-      const float m_old = sm.m[r];
-      const float m_new = fmaxf(m_old, mx);
-      float pr[2];
-      for (int i = 0; i < 2; ++i) pr[i] = ok[i] ? expf(sv[i] - m_new) : 0.0f;
-      const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-      const float sum = warp_sum(pr[0] + pr[1]);
-      __syncwarp();
-      if (lane == 0) {
-        sm.m[r] = m_new;
-        sm.l[r] = sm.l[r] * alpha + sum;
-      }
-      sm.p[r][lane] = __float2half_rn(pr[0]);
-      sm.p[r][lane + 32] = __float2half_rn(pr[1]);
-      for (int d = lane; d < HD; d += kWarp) sm.o[r][d] *= alpha;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+      l_run[i] = l_run[i] * alpha[i] + sum[i];
     }
-    __syncwarp();
-    // O += P V for the warp's rows.
-    for (int c = 0; c < HD / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, &sm.o[r0][c * 16], HD + 4, wmma::mem_row_major);
-      for (int kk = 0; kk < kBk / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b;
-        wmma::load_matrix_sync(a, &sm.p[r0][kk * 16], kBk + 8);
-        wmma::load_matrix_sync(b, &sm.v[kk * 16][c * 16], HD + 8);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(&sm.o[r0][c * 16], acc, HD + 4, wmma::mem_row_major);
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o_acc[n][0] *= alpha[0];
+      o_acc[n][1] *= alpha[0];
+      o_acc[n][2] *= alpha[1];
+      o_acc[n][3] *= alpha[1];
     }
-    __syncthreads();  // K/V are overwritten next
+    // O += P·V: P's accumulator tiles 2j and 2j + 1 are the A fragment of keys 16j..16j+15.
+#pragma unroll
+    for (int j = 0; j < kBk / 16; ++j) {
+      const uint32_t pa[4] = {pack_half2(s[2 * j][0], s[2 * j][1]), pack_half2(s[2 * j][2], s[2 * j][3]),
+                              pack_half2(s[2 * j + 1][0], s[2 * j + 1][1]), pack_half2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+      for (int n = 0; n < HD / 8; n += 2) {
+        uint32_t b[4];
+        const int m = lane / 8;  // matrix m: keys 16j + (m % 2)·8.., dims (n + m / 2)·8
+        ldmatrix_x4_trans(b, &sm.kv.v[16 * j + (m % 2) * 8 + lane % 8][(n + m / 2) * 8]);
+        mma_16816(o_acc[n], pa, b[0], b[1]);
+        mma_16816(o_acc[n + 1], pa, b[2], b[3]);
+      }
+    }
   }
-  // Normalize, rotate back, write.
-  for (int r = warp; r < kBq; r += 4) {
+  __syncthreads();  // the K/V tile's space takes the output
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float inv = l_run[i] > 0.0f ? 1.0f / l_run[i] : 0.0f;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      sm.o[r0 + qr + 8 * i][n * 8 + qc] = o_acc[n][2 * i] * inv;
+      sm.o[r0 + qr + 8 * i][n * 8 + qc + 1] = o_acc[n][2 * i + 1] * inv;
+    }
+  }
+  __syncwarp();
+  // Rotate back (q4 KV) and write the warp's rows.
+  for (int r = r0; r < r0 + 16; ++r) {
     const int64_t row = row0 + r;
-    if (row >= rows) continue;
-    const float inv = sm.l[r] > 0.0f ? 1.0f / sm.l[r] : 0.0f;
+    if (row >= rows) break;
     float x[E];
-    for (int e = 0; e < E; ++e) x[e] = sm.o[r][lane * E + e] * inv;
+    for (int e = 0; e < E; ++e) x[e] = sm.o[r][lane * E + e];
     if (rot) warp_hadamard<E>(x, HD, lane);
     const int64_t t = row / group;
     for (int e = 0; e < E; ++e) out[(t * n_heads + sm.head[r]) * HD + lane * E + e] = x[e];
