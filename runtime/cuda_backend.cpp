@@ -365,6 +365,24 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
     return Status::ok();
   };
 
+  // Prefill: the node's matrices (q, k, v; gate, up) through the GEMM, which converts
+  // their shared input once, then their biases.
+  auto gemm_shared = [&](int count, auto&& y_of) -> Status {
+    cuda::DeviceMatrix ws[3];
+    const cuda::DeviceMatrix* wp[3];
+    float* ys[3];
+    for (int p = 0; p < count; ++p) {
+      KVANT_ASSIGN_OR_RETURN(ws[p], device_matrix(n.w[p]));
+      wp[p] = &ws[p];
+      ys[p] = y_of(p);
+    }
+    if (const char* err = gemm_->run_shared(wp, ys, count, in(n.in[0]), rows, 0, false, s))
+      return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
+    for (int p = 0; p < count; ++p)
+      if (n.bias[p]) cuda::add_bias(ys[p], W.vec(n.bias[p]), ws[p].rows, rows, ws[p].rows, s);
+    return Status::ok();
+  };
+
   switch (n.op) {
     case Op::embed: {
       const cuda::DeviceMatrix table = W.matrix(model_->weights().token_embd);
@@ -414,7 +432,7 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
         cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, false, s);
         return size_t{1};
       }
-      for (int p = 0; p < count; ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
+      KVANT_TRY(gemm_shared(count, [&](int p) { return out(p); }));
       return size_t{1};
     }
     case Op::ffn_gated: {
@@ -426,8 +444,7 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       }
       float* gate = scratch_;
       float* up = scratch_ + rows * n.w[0]->rows;
-      KVANT_TRY(matmul(*n.w[0], nullptr, gate, false));
-      KVANT_TRY(matmul(*n.w[1], nullptr, up, false));
+      KVANT_TRY(gemm_shared(2, [&](int p) { return p == 0 ? gate : up; }));
       cuda::silu_mul(gate, up, rows * n.w[0]->rows, out(), s);
       return size_t{1};
     }

@@ -163,6 +163,32 @@ TEST(CudaKernels, QuantizedActivationsEqualTheCpus) {
   }
 }
 
+// The GEMM's dequantization to f16 (bit tricks and half2 arithmetic): every half equals
+// the CPU's dequantized value rounded to f16, on awkward shapes.
+TEST(CudaKernels, DequantizeToF16EqualsTheCpuRounded) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t rows, cols;
+  };
+  for (Shape sh : {Shape{1, 64}, Shape{3, 576}, Shape{17, 4160}, Shape{40, 11008}}) {
+    for (DType dtype : {DType::q8, DType::q4}) {
+      const auto bytes = make_weights(dtype, sh.rows, sh.cols, static_cast<uint64_t>(sh.cols + sh.rows));
+      DeviceBuffer<uint8_t> dw(bytes);
+      DeviceBuffer<uint16_t> dout(static_cast<size_t>(sh.rows * sh.cols));
+      const cuda::DeviceMatrix m{dtype, sh.rows, sh.cols, dw.p};
+      cuda::dequantize_to_f16(m, dout.p, nullptr);
+      const auto got = dout.download();
+      std::vector<float> row(static_cast<size_t>(sh.cols));
+      for (int64_t r = 0; r < sh.rows; ++r) {
+        cpu::dequantize_row(dtype, bytes.data(), sh.rows, sh.cols, r, row.data());
+        for (int64_t k = 0; k < sh.cols; ++k)
+          ASSERT_EQ(got[static_cast<size_t>(r * sh.cols + k)], f32_to_f16(row[static_cast<size_t>(k)]))
+              << dtype_name(dtype) << " [" << sh.rows << "x" << sh.cols << "] row " << r << " element " << k;
+      }
+    }
+  }
+}
+
 // RMSNorm+quantize (the decode norm before a GEMV): its rows against the CPU's rms_norm,
 // its records the bytes quantize_acts makes from those rows; widths for each register
 // layout (4 and 8 values per thread, partial last warps) and past it (the two-kernel path).

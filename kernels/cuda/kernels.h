@@ -111,6 +111,10 @@ class Gemm {
   // Returns an error string on failure (nullptr on success).
   const char* run(const DeviceMatrix& w, const float* x, int64_t n, float* y, int64_t ldy, bool accumulate,
                   cudaStream_t stream);
+  // ys[i] (= or +=) ws[i] x for matrices of one input (q, k, v; gate, up): x is converted
+  // to f16 once. Each ys[i] has ldy floats per token (0: its matrix's rows).
+  const char* run_shared(const DeviceMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
+                         int64_t ldy, bool accumulate, cudaStream_t stream);
 
  private:
   void* handle_ = nullptr;
