@@ -476,17 +476,44 @@ void by_tokens(int64_t n, F&& f) {
 // instruction; d·q is exact in f32 and rounded once either way, so the halves equal
 // __float2half_rn(d · q). The weights are read before the grid-dependency wait (nothing
 // writes them); only the stores into the shared f16 buffer wait for the GEMM before.
-// (With a float conversion per value the q4 kernel moved 1.6 TB/s on the H100.)
 __device__ __forceinline__ __half2 nibbles_to_half2(uint32_t two_bytes_spread, __half2 d) {
   // two_bytes_spread: 0x00bb00aa; the low nibbles of a and b, each as 1024 + n - 1032 = n - 8
   const uint32_t bits = (two_bytes_spread & 0x000f000fu) | 0x64006400u;
   return __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6408))), d);
 }
 
-__global__ void dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols, __half* out) {
+// A warp's 32 chunks make one contiguous run of output (q4: 32 · 64 bytes, q8: 32 · 32),
+// but a lane's own pieces are 16 bytes here and there in it: stored directly, each store
+// instruction of the warp touched 16-byte halves of sectors all over the run, and the q4
+// kernel moved 1.5 TB/s (with a thread per 128-byte group, 0.9). So the warp puts its
+// pieces in shared memory and stores the run with consecutive lanes on consecutive 16
+// bytes. piece[j] goes to 16-byte slot at[j] of the run; a warp with inactive lanes (the
+// tensor's last chunks) stores directly.
+template <int P>
+__device__ __forceinline__ void store_run(const uint4 (&piece)[P], const int (&at)[P], bool active, bool whole_warp,
+                                          uint4* run, uint4* stage) {
+  const int lane = threadIdx.x % kWarp;
+  if (!whole_warp) {
+#pragma unroll
+    for (int j = 0; j < P && active; ++j) run[at[j]] = piece[j];
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < P; ++j) stage[at[j]] = piece[j];
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < P; ++j) run[j * kWarp + lane] = stage[j * kWarp + lane];
+}
+
+constexpr int kDequantThreads = 256;
+
+__global__ void __launch_bounds__(kDequantThreads) dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols,
+                                                                            __half* out) {
+  __shared__ uint4 stage[kDequantThreads * 4];  // 4 pieces of 16 bytes per lane
   const int64_t chunk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t chunks = rows * cols / 32;
+  const bool active = chunk < chunks;
   const int64_t per_row = cols / 32;
-  const bool active = chunk < rows * per_row;
   const int64_t r = active ? chunk / per_row : 0, c = chunk % per_row, g = c / 2, h = c % 2;
   uint4 packed = {};
   __half2 d_lo = {}, d_hi = {};
@@ -497,7 +524,8 @@ __global__ void dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t
     d_hi = __half2half2(scales[2 * g + 1]);
   }
   grid_dependency_wait();
-  if (!active) return;
+  const int64_t warp_first = chunk - threadIdx.x % kWarp;
+  if (warp_first >= chunks) return;
   const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
   __half2 lo[8], hi[8];  // elements 16h + [0, 16) and 32 + 16h + [0, 16) of the group
 #pragma unroll
@@ -508,17 +536,23 @@ __global__ void dequantize_q4_f16_kernel(const uint8_t* t, int64_t rows, int64_t
     hi[2 * j] = nibbles_to_half2(b01 >> 4, d_hi);
     hi[2 * j + 1] = nibbles_to_half2(b23 >> 4, d_hi);
   }
-  __half* o = out + r * cols + 64 * g + 16 * h;
-  reinterpret_cast<uint4*>(o)[0] = reinterpret_cast<const uint4*>(lo)[0];
-  reinterpret_cast<uint4*>(o)[1] = reinterpret_cast<const uint4*>(lo)[1];
-  reinterpret_cast<uint4*>(o + 32)[0] = reinterpret_cast<const uint4*>(hi)[0];
-  reinterpret_cast<uint4*>(o + 32)[1] = reinterpret_cast<const uint4*>(hi)[1];
+  // Chunks 2G and 2G + 1 (group G of the whole tensor) fill halves [64G, 64G + 64): this
+  // lane's 16-byte slots are 8·(lane / 2) + 2h + {0, 1} (low) and + 4 (high).
+  const int lane = threadIdx.x % kWarp;
+  const int base = 8 * (lane / 2) + 2 * static_cast<int>(h);
+  const uint4 piece[4] = {reinterpret_cast<const uint4*>(lo)[0], reinterpret_cast<const uint4*>(lo)[1],
+                          reinterpret_cast<const uint4*>(hi)[0], reinterpret_cast<const uint4*>(hi)[1]};
+  const int at[4] = {base, base + 1, base + 4, base + 5};
+  store_run<4>(piece, at, active, warp_first + kWarp <= chunks, reinterpret_cast<uint4*>(out + warp_first * 32),
+               stage + (threadIdx.x / kWarp) * kWarp * 4);
 }
 
-__global__ void dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols, __half* out) {
+__global__ void __launch_bounds__(kDequantThreads) dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t cols,
+                                                                            __half* out) {
+  __shared__ uint4 stage[kDequantThreads * 2];
   const int64_t chunk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t n = rows * cols;
-  const bool active = chunk < n / 16;
+  const int64_t n = rows * cols, chunks = n / 16;
+  const bool active = chunk < chunks;
   uint4 q = {};
   __half2 d = {};
   if (active) {
@@ -526,7 +560,8 @@ __global__ void dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t
     d = __half2half2(reinterpret_cast<const __half*>(t + n)[chunk / 2]);
   }
   grid_dependency_wait();
-  if (!active) return;
+  const int64_t warp_first = chunk - threadIdx.x % kWarp;
+  if (warp_first >= chunks) return;
   const uint32_t words[4] = {q.x ^ 0x80808080u, q.y ^ 0x80808080u, q.z ^ 0x80808080u, q.w ^ 0x80808080u};
   const __half2 bias = __half2half2(__ushort_as_half(0x6480));  // 1024 + 128
   __half2 o[8];
@@ -537,8 +572,11 @@ __global__ void dequantize_q8_f16_kernel(const uint8_t* t, int64_t rows, int64_t
     o[2 * j] = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&b01), bias), d);
     o[2 * j + 1] = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&b23), bias), d);
   }
-  reinterpret_cast<uint4*>(out + chunk * 16)[0] = reinterpret_cast<const uint4*>(o)[0];
-  reinterpret_cast<uint4*>(out + chunk * 16)[1] = reinterpret_cast<const uint4*>(o)[1];
+  const int lane = threadIdx.x % kWarp;
+  const uint4 piece[2] = {reinterpret_cast<const uint4*>(o)[0], reinterpret_cast<const uint4*>(o)[1]};
+  const int at[2] = {2 * lane, 2 * lane + 1};
+  store_run<2>(piece, at, active, warp_first + kWarp <= chunks, reinterpret_cast<uint4*>(out + warp_first * 16),
+               stage + (threadIdx.x / kWarp) * kWarp * 2);
 }
 
 __global__ void f32_to_f16_kernel(const float* t, int64_t n, __half* out) {
@@ -626,8 +664,12 @@ void dequantize_to_f16(const DeviceMatrix& w, void* out, cudaStream_t stream) {
   auto* o = static_cast<__half*>(out);
   switch (w.dtype) {
     case DType::f16: cudaMemcpyAsync(out, w.data, static_cast<size_t>(n) * 2, cudaMemcpyDeviceToDevice, stream); return;
-    case DType::q4: launch(dequantize_q4_f16_kernel, blocks_for(n / 32, 256), 256, 0, stream, w.data, w.rows, w.cols, o); return;
-    case DType::q8: launch(dequantize_q8_f16_kernel, blocks_for(n / 16, 256), 256, 0, stream, w.data, w.rows, w.cols, o); return;
+    case DType::q4:
+      launch(dequantize_q4_f16_kernel, blocks_for(n / 32, kDequantThreads), kDequantThreads, 0, stream, w.data, w.rows, w.cols, o);
+      return;
+    case DType::q8:
+      launch(dequantize_q8_f16_kernel, blocks_for(n / 16, kDequantThreads), kDequantThreads, 0, stream, w.data, w.rows, w.cols, o);
+      return;
     case DType::f32:
       launch(f32_to_f16_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<const float*>(w.data), n, o);
       return;
