@@ -195,7 +195,7 @@ TEST(CudaKernels, DequantizeToF16EqualsTheCpuRounded) {
 TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
   SKIP_WITHOUT_GPU();
   for (int64_t n : {64, 96, 576, 4096, 5120, 8192, 8224}) {
-    for (int64_t rows : {1, 3}) {
+    for (int64_t rows : {1, 3, 40}) {
       auto x = test::gaussian(static_cast<size_t>(n * rows), static_cast<uint64_t>(n + rows), 2.0f);
       const auto w = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n * 7), 1.0f);
       if (n == 576) x[40] = INFINITY;  // the row's records: NaN scales and zero quants, as the CPU's
@@ -204,6 +204,13 @@ TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
       cuda::rms_norm_quantize(dx.p, dw.p, rows, n, 1e-5f, dout.p, dq.p, nullptr);
       cuda::quantize_acts(dout.p, rows, n, want.p, nullptr);
       const auto out = dout.download();
+      DeviceBuffer<float> dnorm(static_cast<size_t>(n * rows));  // rms_norm alone: the same rows
+      cuda::rms_norm(dx.p, dw.p, rows, n, 1e-5f, dnorm.p, nullptr);
+      const auto norm_only = dnorm.download();
+      for (size_t i = 0; i < out.size(); ++i)
+        if (!std::isnan(out[i])) {
+          ASSERT_EQ(norm_only[i], out[i]) << "rms_norm, n " << n << " element " << i;
+        }
       for (int64_t r = 0; r < rows; ++r) {
         std::vector<float> ref(static_cast<size_t>(n));
         cpu::rms_norm(x.data() + r * n, w.data(), n, 1e-5f, ref.data(), cpu::SimdLevel::scalar);

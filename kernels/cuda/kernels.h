@@ -28,7 +28,8 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream);
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
                 cudaStream_t stream);
-// rms_norm, and the normalized rows quantized as quantize_acts would (q: act_bytes(n) per row).
+// rms_norm, and the normalized rows quantized as quantize_acts would (q: act_bytes(n) per row;
+// null: rms_norm alone).
 void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
                        cudaStream_t stream);
 // out = x rotated per head at each token's position (out may equal x).

@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const f
 #pragma unroll
   for (int j = 0; j < E; ++j) v[j] = v[j] * inv * wv[j];
   if (active) store_floats<E>(v, out + blockIdx.x * n + first);
+  if (!q) return;  // rms_norm alone (prefill): one read of the row, one write
   const int lane = threadIdx.x % kWarp;
   quantize_act_lanes<E>(v, lane, active, first - static_cast<int64_t>(lane) * E, n, q + blockIdx.x * q_stride);
 }
@@ -171,6 +172,12 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
   if (rows == 0) return;
+  // Rows of whole blocks of 32 that fit the register cache: the row is read once (the
+  // loop kernel reads it twice: 15 us for 512 rows of 4096 on the H100).
+  if (n % 32 == 0 && n <= int64_t{kNormThreads} * 8) {
+    rms_norm_quantize(x, w, rows, n, eps, out, nullptr, stream);
+    return;
+  }
   launch(rms_norm_kernel, static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream, x, w, n, eps, out);
 }
 
@@ -183,8 +190,8 @@ void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, 
   else if (n <= int64_t{kNormThreads} * 8)
     launch(rms_norm_quantize_kernel<8>, static_cast<unsigned>(rows), threads(8), 0, stream, x, w, n, eps, out, q, act_bytes(n));
   else {  // wider than the register cache
-    rms_norm(x, w, rows, n, eps, out, stream);
-    quantize_acts(out, rows, n, q, stream);
+    launch(rms_norm_kernel, static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream, x, w, n, eps, out);
+    if (q) quantize_acts(out, rows, n, q, stream);
   }
 }
 
