@@ -4,7 +4,6 @@
 // E = max(1, hd / 32)) holds elements [l·E, l·E + E). With the q4 row encoding (byte j
 // holds elements j and j + hd/2), lanes below A/2 read the low nibbles of bytes
 // [l·E, l·E + E) and lanes above read the high nibbles of the same bytes.
-#include <mma.h>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
