@@ -432,7 +432,11 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
         cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, false, s);
         return size_t{1};
       }
-      KVANT_TRY(gemm_shared(count, [&](int p) { return out(p); }));
+      if (decode) {  // matrices of different types: a GEMV each
+        for (int p = 0; p < count; ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
+      } else {
+        KVANT_TRY(gemm_shared(count, [&](int p) { return out(p); }));
+      }
       return size_t{1};
     }
     case Op::ffn_gated: {
@@ -444,7 +448,12 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       }
       float* gate = scratch_;
       float* up = scratch_ + rows * n.w[0]->rows;
-      KVANT_TRY(gemm_shared(2, [&](int p) { return p == 0 ? gate : up; }));
+      if (decode) {  // gate and up of different types: a GEMV each
+        KVANT_TRY(matmul(*n.w[0], nullptr, gate, false));
+        KVANT_TRY(matmul(*n.w[1], nullptr, up, false));
+      } else {
+        KVANT_TRY(gemm_shared(2, [&](int p) { return p == 0 ? gate : up; }));
+      }
       cuda::silu_mul(gate, up, rows * n.w[0]->rows, out(), s);
       return size_t{1};
     }
