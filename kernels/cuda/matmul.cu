@@ -324,9 +324,11 @@ __device__ __forceinline__ void for_groups(int64_t groups, Group&& group) {
 // R rows per warp (gemv_multi picks R); row_dot waits for the kernel before.
 // Blocks per SM the compiler must fit: the q8 GEMV takes 137 registers left alone (3
 // blocks per SM); held to 128 (4 blocks) q8 decode went 286 -> 292 tok/s on the H100 (to
-// 102, 5 blocks, it spilled: 244). For f16 weights 6 blocks per SM cost 3.5%.
+// 102, 5 blocks, it spilled: 244). Other types: 0, no minimum (a minimum of 1 is not the
+// same: it let the q4 GEMV grow from 125 to 132 registers, 3 blocks per SM, decode -6%;
+// 6 blocks per SM for f16 weights cost 3.5%).
 template <DType D>
-constexpr int kGemvMinBlocks = D == DType::q8 ? 4 : 1;
+constexpr int kGemvMinBlocks = D == DType::q8 ? 4 : 0;
 template <DType D, int R, int NT, bool kStaged>
 __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
   extern __shared__ __align__(16) uint8_t staged[];
