@@ -715,9 +715,10 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
 //
 // Block (query tile of 64 rows, KV head g), 4 warps of 16 rows; rows enumerate (token,
 // query head of the group). Per key tile of 64 positions the block puts K and V in shared
-// memory as f16 (f16 KV: copied with cp.async, all of the tile's loads in flight; other
-// types: dequantized row by row), then each warp, with everything else in registers
-// (FlashAttention-2's layout): S = Q·Kᵀ with mma.sync m16n8k16 (f16 in, f32 accumulate;
+// memory as f16 (f16 KV: copied with cp.async, all of the tile's loads in flight; q8 and
+// q4: their raw rows staged the same way, the next tile's during this tile's products,
+// and decoded from shared memory; f32: row by row), then each warp, with everything else
+// in registers (FlashAttention-2's layout): S = Q·Kᵀ with mma.sync m16n8k16 (f16 in, f32 accumulate;
 // Q's fragments loaded once, K's with ldmatrix), the online softmax of its 16 rows (each
 // row's 64 scores spread over the 4 lanes of a quad: two shuffles per reduction), P kept
 // in registers as the next product's A fragments, and O += P·V (V's fragments with
