@@ -349,37 +349,32 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
     if (!w.data) return Status::error(ErrorCode::internal, "weight of '{}' is not on the GPU", n.name);
     return w;
   };
-  // y (= or +=) W x (+ bias) for the batch's rows, through GEMV or the GEMM.
-  auto matmul = [&](const cpu::WeightMatrix& host, const float* bias, float* y, bool accumulate) -> Status {
-    KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix w, device_matrix(&host));
-    if (decode) {
-      const cuda::DeviceMatrix* ws[1] = {&w};
-      float* ys[1] = {y};
-      const float* bs[1] = {W.vec(bias)};
-      cuda::gemv_multi(ws, ys, bs, 1, in(n.in[0]), xq, rows, accumulate, s);
-      return Status::ok();
-    }
-    if (const char* err = gemm_->run(w, in(n.in[0]), rows, y, w.rows, accumulate, s))
-      return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
-    if (bias) cuda::add_bias(y, W.vec(bias), w.rows, rows, w.rows, s);
-    return Status::ok();
-  };
-
-  // Prefill: the node's matrices (q, k, v; gate, up) through the GEMM, which converts
-  // their shared input once, then their biases.
-  auto gemm_shared = [&](int count, auto&& y_of) -> Status {
+  // ys(p) (= or +=) the node's matrix p · x (+ its bias) for the batch's rows. Decode:
+  // GEMVs, one launch for all of them where they share a type and width (q, k, v).
+  // Prefill: the GEMM, which converts their shared input to f16 once.
+  auto matmuls = [&](int count, auto&& y_of, bool accumulate) -> Status {
     cuda::DeviceMatrix ws[3];
     const cuda::DeviceMatrix* wp[3];
     float* ys[3];
+    const float* bs[3];
+    bool same = true;
     for (int p = 0; p < count; ++p) {
       KVANT_ASSIGN_OR_RETURN(ws[p], device_matrix(n.w[p]));
       wp[p] = &ws[p];
       ys[p] = y_of(p);
+      bs[p] = W.vec(n.bias[p]);
+      same = same && ws[p].dtype == ws[0].dtype && ws[p].cols == ws[0].cols;
     }
-    if (const char* err = gemm_->run_shared(wp, ys, count, in(n.in[0]), rows, 0, false, s))
+    if (decode) {
+      if (same) cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, accumulate, s);
+      else
+        for (int p = 0; p < count; ++p) cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s);
+      return Status::ok();
+    }
+    if (const char* err = gemm_->run_shared(wp, ys, count, in(n.in[0]), rows, 0, accumulate, s))
       return Status::error(ErrorCode::internal, "{} in '{}'", err, n.name);
     for (int p = 0; p < count; ++p)
-      if (n.bias[p]) cuda::add_bias(ys[p], W.vec(n.bias[p]), ws[p].rows, rows, ws[p].rows, s);
+      if (bs[p]) cuda::add_bias(ys[p], bs[p], ws[p].rows, rows, ws[p].rows, s);
     return Status::ok();
   };
 
@@ -409,36 +404,13 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       if (decode) cuda::quantize_acts(in(n.in[0]), rows, n.width, arena_ + n.offset[0], s);
       return size_t{1};  // the GEMM path reads f32 activations
     case Op::matmul: {
-      const cpu::WeightMatrix& host = *n.w[0];
-      if (n.residual && !n.in_place) cuda::copy_rows(in(n.in[1]), out(), host.rows, rows, s);
-      KVANT_TRY(matmul(host, n.bias[0], out(), n.residual));
+      if (n.residual && !n.in_place) cuda::copy_rows(in(n.in[1]), out(), n.w[0]->rows, rows, s);
+      KVANT_TRY(matmuls(1, [&](int) { return out(); }, n.residual));
       return size_t{1};
     }
-    case Op::matmul_multi: {
-      const int count = n.n_outputs();
-      bool same = true;
-      for (int p = 1; p < count; ++p) same = same && n.w[p]->dtype == n.w[0]->dtype && n.w[p]->cols == n.w[0]->cols;
-      if (decode && same) {  // q, k and v in one launch
-        cuda::DeviceMatrix ws[3];
-        const cuda::DeviceMatrix* wp[3];
-        float* ys[3];
-        const float* bs[3];
-        for (int p = 0; p < count; ++p) {
-          KVANT_ASSIGN_OR_RETURN(ws[p], device_matrix(n.w[p]));
-          wp[p] = &ws[p];
-          ys[p] = out(p);
-          bs[p] = W.vec(n.bias[p]);
-        }
-        cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, false, s);
-        return size_t{1};
-      }
-      if (decode) {  // matrices of different types: a GEMV each
-        for (int p = 0; p < count; ++p) KVANT_TRY(matmul(*n.w[p], n.bias[p], out(p), false));
-      } else {
-        KVANT_TRY(gemm_shared(count, [&](int p) { return out(p); }));
-      }
+    case Op::matmul_multi:
+      KVANT_TRY(matmuls(n.n_outputs(), [&](int p) { return out(p); }, false));
       return size_t{1};
-    }
     case Op::ffn_gated: {
       if (decode && n.w[0]->dtype == n.w[1]->dtype) {  // gate, up and SiLU in one launch
         KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix g, device_matrix(n.w[0]));
@@ -448,12 +420,7 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       }
       float* gate = scratch_;
       float* up = scratch_ + rows * n.w[0]->rows;
-      if (decode) {  // gate and up of different types: a GEMV each
-        KVANT_TRY(matmul(*n.w[0], nullptr, gate, false));
-        KVANT_TRY(matmul(*n.w[1], nullptr, up, false));
-      } else {
-        KVANT_TRY(gemm_shared(2, [&](int p) { return p == 0 ? gate : up; }));
-      }
+      KVANT_TRY(matmuls(2, [&](int p) { return p == 0 ? gate : up; }, false));  // no biases (planner.cpp)
       cuda::silu_mul(gate, up, rows * n.w[0]->rows, out(), s);
       return size_t{1};
     }

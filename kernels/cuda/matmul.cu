@@ -69,10 +69,14 @@ __device__ __forceinline__ void set_row(const uint8_t* base, int64_t rows, int64
   *s = reinterpret_cast<const __half*>(base + rows * row_bytes(D, k)) + r * (k / 32);
 }
 
-// 16-byte chunks per row: q4 32 values, q8 16, f16/bf16 8, f32 4.
+// Values per 16-byte chunk of a row: q4 32, q8 16, f16/bf16 8, f32 4.
+template <DType D>
+constexpr int kChunkValues = D == DType::q4 ? 32 : D == DType::q8 ? 16 : D == DType::f32 ? 4 : 8;
+
+// Whole 16-byte chunks per row.
 template <DType D>
 __device__ __forceinline__ int chunk_count(int64_t k) {
-  return static_cast<int>(D == DType::q4 ? k / 32 : D == DType::q8 ? k / 16 : D == DType::f32 ? k / 4 : k / 8);
+  return static_cast<int>(k / kChunkValues<D>);
 }
 
 // What a lane reads of the weights for chunk c of R rows: the 16 bytes and the raw f16
@@ -192,7 +196,7 @@ __device__ __forceinline__ void dot_chunk(const Chunk<R>& ch, int c, int64_t k, 
       }
     }
   } else {
-    constexpr int kPer = D == DType::f32 ? 4 : 8;  // elements per 16 bytes
+    constexpr int kPer = kChunkValues<D>;
 #pragma unroll
     for (int i = 0; i < R; ++i) {
       float wf[kPer];
@@ -251,18 +255,18 @@ __device__ __forceinline__ void load_batch(const RowSet<R>& rs, int first, int n
     if (first + kWarp * j < n) b[j] = load_chunk<D, R>(rs, first + kWarp * j);
 }
 
-// The block's first rows (first true) wait for the kernel before and stage the
+// The block's first rows (first_group) wait for the kernel before and stage the
 // activations (a then points at them): all threads of the block call it then (a
 // barrier); warps without rows (active false) leave after that.
 template <DType D, int R, int NT, bool kStaged>
-__device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, bool active, bool first, Acts& a,
+__device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, bool active, bool first_group, Acts& a,
                                         uint8_t* smem, float (*acc)[NT]) {
   constexpr int P = kBatch<D> / R;
   const int lane = threadIdx.x % kWarp;
   const int n = chunk_count<D>(k);
   Chunk<R> cur[P] = {}, next[P] = {};
   if (active) load_batch<D, R, P>(rs, lane, n, cur);
-  if (first) {
+  if (first_group) {
     grid_dependency_wait();
     launch_dependents();
     if constexpr (kStaged) a = stage_acts<D, NT>(a, k, smem);
@@ -277,8 +281,7 @@ __device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, bool act
     for (int j = 0; j < P; ++j) cur[j] = next[j];
   }
   if constexpr (!kIntActs<D>) {
-    constexpr int kPer = D == DType::f32 ? 4 : 8;
-    for (int64_t e = static_cast<int64_t>(n) * kPer + lane; e < k; e += kWarp) {  // a row tail (length % kPer)
+    for (int64_t e = static_cast<int64_t>(n) * kChunkValues<D> + lane; e < k; e += kWarp) {  // the row's tail
 #pragma unroll
       for (int i = 0; i < R; ++i) {
         const uint8_t* wrow = rs.w[i];
@@ -586,12 +589,6 @@ __global__ void __launch_bounds__(kDequantThreads) dequantize_q8_f16_kernel(cons
                stage + (threadIdx.x / kWarp) * kWarp * 2);
 }
 
-__global__ void f32_to_f16_kernel(const float* t, int64_t n, __half* out) {
-  grid_dependency_wait();
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = __float2half_rn(t[i]);
-}
-
 // Four values per thread where vec (n % 4 == 0 and x 16-byte aligned), else one.
 __global__ void to_half_kernel(const float* x, int64_t n, bool vec, __half* out) {
   grid_dependency_wait();
@@ -604,6 +601,12 @@ __global__ void to_half_kernel(const float* x, int64_t n, bool vec, __half* out)
   } else if (i < n) {
     out[i] = __float2half_rn(x[i]);
   }
+}
+
+// n floats at x to halves at out (round to nearest even), four per thread where it can.
+void to_half(const float* x, int64_t n, __half* out, cudaStream_t stream) {
+  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  launch(to_half_kernel, blocks_for(vec ? n / 4 : n, 256), 256, 0, stream, x, n, vec, out);
 }
 
 __global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
@@ -677,9 +680,7 @@ void dequantize_to_f16(const DeviceMatrix& w, void* out, cudaStream_t stream) {
     case DType::q8:
       launch(dequantize_q8_f16_kernel, blocks_for(n / 16, kDequantThreads), kDequantThreads, 0, stream, w.data, w.rows, w.cols, o);
       return;
-    case DType::f32:
-      launch(f32_to_f16_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<const float*>(w.data), n, o);
-      return;
+    case DType::f32: to_half(reinterpret_cast<const float*>(w.data), n, o, stream); return;
     case DType::bf16: return;  // the GEMM multiplies bf16 directly
   }
 }
@@ -792,9 +793,7 @@ const char* Gemm::run_shared(const DeviceMatrix* const* ws, float* const* ys, in
       if (bf16) {
         launch(to_bf16_kernel, blocks_for(count_x, 256), 256, 0, stream, x, count_x, static_cast<__nv_bfloat16*>(acts_));
       } else {
-        const bool vec = count_x % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-        launch(to_half_kernel, blocks_for(vec ? count_x / 4 : count_x, 256), 256, 0, stream, x, count_x, vec,
-               static_cast<__half*>(acts_));
+        to_half(x, count_x, static_cast<__half*>(acts_), stream);
       }
       converted = acts_type;
     }

@@ -171,25 +171,20 @@ void select_rows(const float* in, const int32_t* rows, int64_t n, int64_t width,
 }
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, cudaStream_t stream) {
-  if (rows == 0) return;
-  // Rows of whole blocks of 32 that fit the register cache: the row is read once (the
-  // loop kernel reads it twice: 15 us for 512 rows of 4096 on the H100).
-  if (n % 32 == 0 && n <= int64_t{kNormThreads} * 8) {
-    rms_norm_quantize(x, w, rows, n, eps, out, nullptr, stream);
-    return;
-  }
-  launch(rms_norm_kernel, static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream, x, w, n, eps, out);
+  rms_norm_quantize(x, w, rows, n, eps, out, nullptr, stream);
 }
 
 void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* out, uint8_t* q,
                        cudaStream_t stream) {
   if (rows == 0) return;
+  // Rows of whole blocks of 32 that fit the register cache are read once (the loop
+  // kernel reads a row twice: 15 us for 512 rows of 4096 on the H100).
   const auto threads = [&](int e) { return static_cast<unsigned>((n / e + kWarp - 1) / kWarp * kWarp); };
-  if (n <= int64_t{kNormThreads} * 4)
+  if (n % 32 == 0 && n <= int64_t{kNormThreads} * 4)
     launch(rms_norm_quantize_kernel<4>, static_cast<unsigned>(rows), threads(4), 0, stream, x, w, n, eps, out, q, act_bytes(n));
-  else if (n <= int64_t{kNormThreads} * 8)
+  else if (n % 32 == 0 && n <= int64_t{kNormThreads} * 8)
     launch(rms_norm_quantize_kernel<8>, static_cast<unsigned>(rows), threads(8), 0, stream, x, w, n, eps, out, q, act_bytes(n));
-  else {  // wider than the register cache
+  else {  // wider than the register cache, or not whole blocks (then q is null: records need them)
     launch(rms_norm_kernel, static_cast<unsigned>(rows), rows <= kMaxGemvTokens ? 1024 : 256, 0, stream, x, w, n, eps, out);
     if (q) quantize_acts(out, rows, n, q, stream);
   }
