@@ -254,6 +254,7 @@ TensorSource hf_tensor_source(const ModelConfig& c, const ModelConfig::TensorSpe
     else if (local == "pos_embd") set("wpe.weight", false, spec.shape);
     else if (local == "output_norm") set("ln_f.weight", false, spec.shape);
     else if (local == "output_norm_bias") set("ln_f.bias", false, spec.shape);
+    else if (local == "output") set("lm_head.weight", false, spec.shape);  // untied head (tie_word_embeddings false)
     return s;
   }
   const uint64_t f = c.ffn_dim;

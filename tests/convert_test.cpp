@@ -162,6 +162,30 @@ TEST(Convert, EveryFixtureReadsBackWithTheRightShapes) {
   EXPECT_NE(qw.value()->find_tensor("layers.1.attn_k_bias"), nullptr);
 }
 
+// Every tensor of every architecture, tied head or not, names where it comes from in
+// the checkpoint (an untied GPT-2 head had none; found by fuzz_hf_config).
+TEST(Convert, EveryTensorNamesItsCheckpointSource) {
+  for (const char* name : kFixtures) {
+    for (const bool tied : {true, false}) {
+      json config = load_json(test::fixture_dir(name) + "/config.json");
+      config["tie_word_embeddings"] = tied;
+      auto c = convert::parse_hf_config(config, "config.json");
+      ASSERT_TRUE(c) << name << ": " << c.status().message();
+      EXPECT_EQ(c->tie_embeddings, tied);
+      bool has_output = false;
+      for (const auto& spec : c->tensor_specs()) {
+        const auto how = convert::hf_tensor_source(*c, spec);
+        EXPECT_FALSE(how.hf_name.empty()) << name << (tied ? " tied: " : " untied: ") << spec.name;
+        if (spec.name == "output") {
+          has_output = true;
+          EXPECT_EQ(how.hf_name, "lm_head.weight") << name;
+        }
+      }
+      EXPECT_EQ(has_output, !tied) << name;
+    }
+  }
+}
+
 TEST(Convert, ValuesAreExactOrWithinStatedError) {
   for (const char* name : kFixtures) {
     const std::string dir = test::fixture_dir(name);
