@@ -64,6 +64,24 @@ void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
   }
 }
 
+// ---- software prefetch for decode ----------------------------------------------------
+
+// While a 4-row tile computes one token, the next tile's weights are prefetched a few
+// lines per step of its inner loop, so that each line is asked for one tile's time
+// before it is read and the requests reach memory as a steady stream. (Asking for the
+// whole next tile at once, 64 prefetches for a 2048-wide q4 tile, left the tile's own
+// loads queued behind them: llama-1b q4 decode 47 -> 65 tok/s on two threads.)
+struct PrefetchStream {
+  const char* next = nullptr;  // the next line to ask for
+  const char* end = nullptr;
+  int lines_per_step = 0;      // 0: off
+
+  void step() {
+    for (int l = 0; l < lines_per_step; ++l, next += 64)
+      if (next < end) _mm_prefetch(next, _MM_HINT_T0);
+  }
+};
+
 // ---- quantized weights -------------------------------------------------------------
 
 // Lane-scale permutation for chunk c of a 16-block group: lanes 0-7 <- block 2c, 8-15 <- 2c+1.
@@ -79,7 +97,7 @@ inline __m512i unpack_q4(const uint8_t* p) {
 }
 
 template <DType D, int R, int T>
-inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
+inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) {
   const int64_t k = a.w.cols, blocks = k / 32;
   const size_t rec = act_record_bytes(k);
   const uint16_t* ws[R];
@@ -125,6 +143,7 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t) {
       for (int i = 0; i < R; ++i) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
     for (int c = 0; c < nb / 2; ++c) {
       const int64_t chunk = g / 2 + c;
+      pf.step();
       const __m512i idx = chunk_index(c);
       __m512i xv[T], xlv[T];
       __m512 sxl[T];
@@ -186,7 +205,7 @@ inline __m512 load_w(const uint8_t* base, int64_t i, __mmask16 m) {
 }
 
 template <DType D, int R, int T>
-inline void float_tile(const MatmulArgs& a, int64_t r, int64_t t) {
+inline void float_tile(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) {
   const int64_t k = a.w.cols;
   const size_t es = D == DType::f32 ? 4 : 2;
   __m512 acc[R][T];
@@ -194,6 +213,7 @@ inline void float_tile(const MatmulArgs& a, int64_t r, int64_t t) {
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t p = 0; p < k; p += 16) {
     const __mmask16 m = static_cast<__mmask16>(k - p >= 16 ? 0xffff : (1u << (k - p)) - 1u);
+    pf.step();
     __m512 xv[T];
     for (int j = 0; j < T; ++j) xv[j] = _mm512_maskz_loadu_ps(m, a.x + (t + j) * a.ldx + p);
     for (int i = 0; i < R; ++i) {
@@ -213,28 +233,29 @@ inline void float_tile(const MatmulArgs& a, int64_t r, int64_t t) {
 
 template <DType D, int R, int T>
 struct QuantTile {
-  static void run(const MatmulArgs& a, int64_t r, int64_t t) { quant_tile<D, R, T>(a, r, t); }
+  static constexpr int64_t kStepValues = 64;  // values of a row per inner step
+  static void run(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) { quant_tile<D, R, T>(a, r, t, pf); }
 };
 template <DType D, int R, int T>
 struct FloatTile {
-  static void run(const MatmulArgs& a, int64_t r, int64_t t) { float_tile<D, R, T>(a, r, t); }
+  static constexpr int64_t kStepValues = 16;
+  static void run(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) { float_tile<D, R, T>(a, r, t, pf); }
 };
 
-// Software prefetch of rows [rb, re) ∩ [.., r1): their weights and block scales, every
-// cache line. A 4-row tile of a 2048-wide q4 matrix is one 4 KB page, where the
-// hardware prefetcher starts over; decode then waits on DRAM at every tile. Asking two
-// tiles ahead keeps ~8 KB in flight per thread.
-constexpr int64_t kPrefetchRows = 8;
+int64_t row_bytes(const WeightMatrix& w) {
+  return w.dtype == DType::q4 ? w.cols / 2 : w.dtype == DType::q8 ? w.cols : w.dtype == DType::f32 ? w.cols * 4 : w.cols * 2;
+}
 
-void prefetch_rows(const MatmulArgs& a, int64_t rb, int64_t re) {
+// Software prefetch of rows [rb, re) (clipped by the caller): their block scales, and
+// their weights too where `weights`, every cache line at once. A 4-row tile of a
+// 2048-wide q4 matrix is one 4 KB page, where the hardware prefetcher starts over.
+void prefetch_rows(const MatmulArgs& a, int64_t rb, int64_t re, bool weights) {
   if (rb >= re) return;
-  const int64_t row_bytes = a.w.dtype == DType::q4   ? a.w.cols / 2
-                            : a.w.dtype == DType::q8 ? a.w.cols
-                            : a.w.dtype == DType::f32 ? a.w.cols * 4
-                                                      : a.w.cols * 2;
-  const auto* begin = reinterpret_cast<const char*>(a.w.data + rb * row_bytes);
-  const auto* end = reinterpret_cast<const char*>(a.w.data + re * row_bytes);
-  for (const char* p = begin; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  if (weights) {
+    const auto* begin = reinterpret_cast<const char*>(a.w.data + rb * row_bytes(a.w));
+    const auto* end = reinterpret_cast<const char*>(a.w.data + re * row_bytes(a.w));
+    for (const char* p = begin; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  }
   if (a.w.quantized()) {
     const auto* sb = reinterpret_cast<const char*>(a.w.scales() + rb * (a.w.cols / 32));
     const auto* se = reinterpret_cast<const char*>(a.w.scales() + re * (a.w.cols / 32));
@@ -243,21 +264,34 @@ void prefetch_rows(const MatmulArgs& a, int64_t rb, int64_t re) {
 }
 
 // Rows in tiles of 4 (then 1), tokens in tiles of T (then 1). For each row tile the
-// weights stay in L1 while every token streams past them.
+// weights stay in L1 while every token streams past them. With one token (decode) the
+// next tile's weights are prefetched as a stream during this one (PrefetchStream); with
+// more, the tile's time is spent on arithmetic and the tile after next is asked for at
+// once.
 template <template <DType, int, int> class Tile, DType D, int T>
 void run_tiles(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  const bool stream = a.n_tokens == 1;
+  const int64_t rb = row_bytes(a.w), steps = (a.w.cols + Tile<D, 4, 1>::kStepValues - 1) / Tile<D, 4, 1>::kStepValues;
+  PrefetchStream pf, off;
   int64_t r = r0;
-  prefetch_rows(a, r0 + 4, std::min(r1, r0 + kPrefetchRows));
+  prefetch_rows(a, r0, std::min(r1, r0 + 8), /*weights=*/!stream);
   for (; r + 4 <= r1; r += 4) {
-    prefetch_rows(a, std::min(r1, r + kPrefetchRows), std::min(r1, r + kPrefetchRows + 4));
+    if (stream) {
+      prefetch_rows(a, std::min(r1, r + 4), std::min(r1, r + 8), /*weights=*/false);
+      pf.next = reinterpret_cast<const char*>(a.w.data + std::min(r1, r + 4) * rb);
+      pf.end = reinterpret_cast<const char*>(a.w.data + std::min(r1, r + 8) * rb);
+      pf.lines_per_step = static_cast<int>((4 * rb / steps + 63) / 64);
+    } else {
+      prefetch_rows(a, std::min(r1, r + 8), std::min(r1, r + 12), /*weights=*/true);
+    }
     int64_t t = 0;
-    for (; t + T <= a.n_tokens; t += T) Tile<D, 4, T>::run(a, r, t);
-    for (; t < a.n_tokens; ++t) Tile<D, 4, 1>::run(a, r, t);
+    for (; t + T <= a.n_tokens; t += T) Tile<D, 4, T>::run(a, r, t, off);
+    for (; t < a.n_tokens; ++t) Tile<D, 4, 1>::run(a, r, t, pf);
   }
   for (; r < r1; ++r) {
     int64_t t = 0;
-    for (; t + T <= a.n_tokens; t += T) Tile<D, 1, T>::run(a, r, t);
-    for (; t < a.n_tokens; ++t) Tile<D, 1, 1>::run(a, r, t);
+    for (; t + T <= a.n_tokens; t += T) Tile<D, 1, T>::run(a, r, t, off);
+    for (; t < a.n_tokens; ++t) Tile<D, 1, 1>::run(a, r, t, off);
   }
 }
 
