@@ -66,13 +66,21 @@ void BM_matmul(benchmark::State& state, DType dtype, int64_t rows, int64_t cols)
   const int threads = static_cast<int>(state.range(1));
   const Weights w = make_weights(dtype, rows, cols);
   std::vector<float> x(static_cast<size_t>(n * cols), 0.5f), y(static_cast<size_t>(n * rows));
-  std::vector<uint8_t> xq(cpu::act_record_bytes(cols) * static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) cpu::quantize_acts(x.data() + t * cols, cols, xq.data() + t * cpu::act_record_bytes(cols));
+  // The quantized activations as the executor's quantize op leaves them (records, then
+  // their packed form for many tokens).
+  const size_t rec = cpu::act_record_bytes(cols);
+  std::vector<uint8_t> xq(cpu::act_buffer_bytes(n, cols));
+  for (int64_t t = 0; t < n; ++t) {
+    cpu::quantize_acts(x.data() + t * cols, cols, xq.data() + t * rec);
+    if (n >= cpu::kPackedMinTokens)
+      cpu::pack_acts(xq.data() + t * rec, cols, xq.data() + n * rec + t * cpu::packed_acts_bytes(cols));
+  }
   cpu::MatmulArgs a;
   a.w = w.matrix;
   a.x = x.data();
   a.ldx = cols;
   a.xq = xq.data();
+  if (n >= cpu::kPackedMinTokens) a.xp = xq.data() + n * rec;
   a.n_tokens = n;
   a.y = y.data();
   a.ldy = rows;
@@ -108,7 +116,7 @@ void register_matmuls() {
           ->Args({1, 1})->Args({1, 2})->Unit(benchmark::kMicrosecond)->UseRealTime();
       const std::string gemm = std::string("gemm/") + std::string(dtype_name(dtype)) + "/" + s.name;
       benchmark::RegisterBenchmark(gemm.c_str(), BM_matmul, dtype, s.rows, s.cols)
-          ->Args({128, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Args({128, 1})->Args({128, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
     }
   }
 }

@@ -133,6 +133,16 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
   auto in_width = [&](Ref r) { return nodes[static_cast<size_t>(r.node)].out_width(r.port); };
   const int64_t hd = c.head_dim;
   float* scratch = scratch_[static_cast<size_t>(ith)].data();
+  // A matmul's quantized activations: the quantize node's records, and their packed form
+  // where it wrote one (cpu::act_buffer_bytes).
+  auto quantized_input = [&](cpu::MatmulArgs& a, const Node& node, int64_t tokens) {
+    if (!node.q_in.valid()) return;
+    const Node& q = nodes[static_cast<size_t>(node.q_in.node)];
+    a.xq = arena_ + q.offset[0];
+    const int64_t q_rows = plan.rows(q);
+    if (q_rows >= cpu::kPackedMinTokens && tokens >= cpu::kPackedMinTokens)
+      a.xp = a.xq + q_rows * cpu::act_record_bytes(q.width);
+  };
 
   // Writes the K and V rows of token t into its KV slots. Keys with offset rows
   // (kernels/layout.h) must be written in position order per sequence and head: those
@@ -215,9 +225,13 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
     }
     case Op::quantize: {
       const auto [r0, r1] = split(rows, ith, nth);
-      const size_t rec = cpu::act_record_bytes(n.width);
-      for (int64_t r = r0; r < r1; ++r)
-        cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, arena_ + n.offset[0] + r * rec, simd_);
+      const size_t rec = cpu::act_record_bytes(n.width), packed = cpu::packed_acts_bytes(n.width);
+      uint8_t* records = arena_ + n.offset[0];
+      for (int64_t r = r0; r < r1; ++r) {
+        cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, records + r * rec, simd_);
+        if (rows >= cpu::kPackedMinTokens)
+          cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed);
+      }
       return;
     }
     case Op::matmul:
@@ -240,7 +254,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
         a.w = W;
         a.x = in_ptr(n.in[0]);
         a.ldx = in_width(n.in[0]);
-        a.xq = n.q_in.valid() ? arena_ + nodes[static_cast<size_t>(n.q_in.node)].offset[0] : nullptr;
+        quantized_input(a, n, rows);
         a.n_tokens = rows;
         a.y = out(p);
         a.ldy = W.rows;
@@ -271,7 +285,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
         cpu::MatmulArgs a;
         a.x = in_ptr(n.in[0]);
         a.ldx = in_width(n.in[0]);
-        a.xq = n.q_in.valid() ? arena_ + nodes[static_cast<size_t>(n.q_in.node)].offset[0] : nullptr;
+        quantized_input(a, n, rows);
         a.n_tokens = rows;
         a.ldy = chunk;
         a.y_row0 = r0;

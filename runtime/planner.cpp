@@ -210,7 +210,7 @@ int64_t allocate(Plan& plan) {
   };
   auto bytes_of = [&](const Node& node, int port) {
     const int64_t rows = plan.rows(node);
-    if (node.op == Op::quantize) return rows * static_cast<int64_t>(cpu::act_record_bytes(node.width));
+    if (node.op == Op::quantize) return static_cast<int64_t>(cpu::act_buffer_bytes(rows, node.width));
     return rows * node.out_width(port) * 4;
   };
   // Buffers ending at node i (their owner may be an earlier node, for aliased outputs).
@@ -252,7 +252,7 @@ std::vector<std::pair<Ref, int64_t>> Plan::live_across(size_t boundary) const {
     if (!r.valid() || static_cast<size_t>(r.node) >= boundary) return;
     const Node& src = nodes[static_cast<size_t>(r.node)];
     if (src.n_outputs() <= r.port) return;  // ordering-only reference (kv_store)
-    const int64_t bytes = src.op == Op::quantize ? rows(src) * static_cast<int64_t>(cpu::act_record_bytes(src.width))
+    const int64_t bytes = src.op == Op::quantize ? static_cast<int64_t>(cpu::act_buffer_bytes(rows(src), src.width))
                                                  : rows(src) * src.out_width(r.port) * 4;
     live[{r.node, r.port}] = bytes;
   };

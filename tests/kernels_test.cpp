@@ -54,6 +54,22 @@ void add_unquantizable_blocks(std::vector<float>& x) {
   for (int i = 0; i < 32; ++i) x[static_cast<size_t>(128 + i)] = (i % 2 ? 1e-40f : -3e-41f) * static_cast<float>(i);
 }
 
+// Activations of `tokens` tokens as the executor's quantize op leaves them: records,
+// then (from kPackedMinTokens tokens) their packed form.
+std::vector<uint8_t> quantize_tokens(const float* x, int64_t tokens, int64_t k) {
+  const size_t rec = cpu::act_record_bytes(k);
+  std::vector<uint8_t> out(cpu::act_buffer_bytes(tokens, k));
+  for (int64_t t = 0; t < tokens; ++t) {
+    cpu::quantize_acts(x + t * k, k, out.data() + t * rec, SimdLevel::scalar);
+    if (tokens >= cpu::kPackedMinTokens)
+      cpu::pack_acts(out.data() + t * rec, k, out.data() + tokens * rec + t * cpu::packed_acts_bytes(k));
+  }
+  return out;
+}
+const uint8_t* packed_part(const std::vector<uint8_t>& xq, int64_t tokens, int64_t k) {
+  return tokens >= cpu::kPackedMinTokens ? xq.data() + tokens * cpu::act_record_bytes(k) : nullptr;
+}
+
 TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
   for (int64_t k : {64, 576, 2048, 8256}) {
     auto x = test::gaussian(static_cast<size_t>(k), static_cast<uint64_t>(k), 3.0f);
@@ -74,19 +90,21 @@ TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
   struct Shape {
     int64_t rows, cols, tokens;
   };
-  const Shape shapes[] = {{1, 64, 1}, {5, 64, 3}, {7, 576, 1}, {13, 576, 4}, {33, 2048, 7}, {9, 4160, 2}, {64, 1536, 16}};
+  // From 16 tokens (cpu::kPackedMinTokens) on, q8/q4 take the packed path: full and
+  // partial groups of 16 blocks (1600 = 3 groups + 2 blocks), row and token tails.
+  const Shape shapes[] = {{1, 64, 1},       {5, 64, 3},    {7, 576, 1},     {13, 576, 4},  {33, 2048, 7},
+                          {9, 4160, 2},     {64, 1536, 16}, {37, 1600, 40}, {6, 64, 17},   {70, 576, 16}};
   for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::q8, DType::q4}) {
     for (const Shape s : shapes) {
       const auto w = make_weights(dtype, s.rows, s.cols, static_cast<uint64_t>(s.rows * 131 + s.cols));
       const auto x = test::gaussian(static_cast<size_t>(s.tokens * s.cols), 7 + static_cast<uint64_t>(s.tokens));
-      std::vector<uint8_t> xq(cpu::act_record_bytes(s.cols) * static_cast<size_t>(s.tokens));
-      for (int64_t t = 0; t < s.tokens; ++t)
-        cpu::quantize_acts(x.data() + t * s.cols, s.cols, xq.data() + t * cpu::act_record_bytes(s.cols), SimdLevel::scalar);
+      const std::vector<uint8_t> xq = quantize_tokens(x.data(), s.tokens, s.cols);
       cpu::MatmulArgs a;
       a.w = {dtype, s.rows, s.cols, w.data()};
       a.x = x.data();
       a.ldx = s.cols;
       a.xq = xq.data();
+      a.xp = packed_part(xq, s.tokens, s.cols);
       a.n_tokens = s.tokens;
       a.ldy = s.rows;
       std::vector<float> ref(static_cast<size_t>(s.rows * s.tokens));
@@ -141,19 +159,27 @@ TEST(Kernels, UnquantizableActivationBlocksGiveNaNOrZero) {
         EXPECT_TRUE(std::isnan(rec.corr[block]));
       }
       EXPECT_FALSE(std::isnan(rec.scale[0]));
+      // One token (GEMV), and the same record as 20 tokens (the packed path).
+      const int64_t many = 20;
+      std::vector<float> xs;
+      for (int64_t t = 0; t < many; ++t) xs.insert(xs.end(), bad.begin(), bad.end());
+      const std::vector<uint8_t> xq = quantize_tokens(xs.data(), many, k);
       for (DType dtype : {DType::q8, DType::q4}) {
         const auto w = make_weights(dtype, rows, k, 9);
-        cpu::MatmulArgs a;
-        a.w = {dtype, rows, k, w.data()};
-        a.xq = rec_bytes.data();
-        a.n_tokens = 1;
-        a.ldy = rows;
-        std::vector<float> y(rows);
-        a.y = y.data();
-        cpu::matmul(a, 0, rows, level);
-        for (float v : y) {
-          if (block == 4) EXPECT_TRUE(std::isfinite(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level);
-          else EXPECT_TRUE(std::isnan(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level) << " block " << block;
+        for (int64_t tokens : {int64_t{1}, many}) {
+          cpu::MatmulArgs a;
+          a.w = {dtype, rows, k, w.data()};
+          a.xq = tokens == 1 ? rec_bytes.data() : xq.data();
+          a.xp = tokens == 1 ? nullptr : packed_part(xq, tokens, k);
+          a.n_tokens = tokens;
+          a.ldy = rows;
+          std::vector<float> y(static_cast<size_t>(rows * tokens));
+          a.y = y.data();
+          cpu::matmul(a, 0, rows, level);
+          for (float v : y) {
+            if (block == 4) EXPECT_TRUE(std::isfinite(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level);
+            else EXPECT_TRUE(std::isnan(v)) << dtype_name(dtype) << " " << cpu::simd_level_name(level) << " block " << block;
+          }
         }
       }
     }

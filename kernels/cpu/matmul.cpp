@@ -18,6 +18,35 @@ void detail::write_nonfinite_block(uint8_t* record, int64_t k, int64_t b) {
   scale[b] = scale[k / 32 + b] = std::numeric_limits<float>::quiet_NaN();  // scale, corr
 }
 
+size_t packed_acts_bytes(int64_t k) {
+  const int64_t groups = (k / 32 + kPackedGroupBlocks - 1) / kPackedGroupBlocks;
+  return static_cast<size_t>(groups) * (2 * 8 * 64 + kPackedGroupBlocks * 4);
+}
+
+size_t act_buffer_bytes(int64_t tokens, int64_t k) {
+  const size_t per_token = act_record_bytes(k) + (tokens >= kPackedMinTokens ? packed_acts_bytes(k) : 0);
+  return static_cast<size_t>(tokens) * per_token;
+}
+
+void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed) {
+  const ActRecord x(record, k);
+  const int64_t blocks = k / 32, groups = (blocks + kPackedGroupBlocks - 1) / kPackedGroupBlocks;
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* hi = packed + g * (packed_acts_bytes(k) / static_cast<size_t>(groups));
+    uint8_t* lo = hi + 8 * 64;
+    auto* scale = reinterpret_cast<float*>(lo + 8 * 64);
+    for (int64_t b = 0; b < kPackedGroupBlocks; ++b) {
+      const int64_t block = g * kPackedGroupBlocks + b;
+      for (int64_t v = 0; v < 32; ++v) {  // value v of the block -> vector v / 4, lane b
+        const int64_t at = (v / 4) * 64 + b * 4 + v % 4;
+        hi[at] = block < blocks ? x.qu[block * 32 + v] : 128;
+        lo[at] = block < blocks ? static_cast<uint8_t>(x.lo[block * 32 + v] + 128) : 128;
+      }
+      scale[b] = block < blocks ? x.scale[block] * (1.0f / 256.0f) : 0.0f;
+    }
+  }
+}
+
 namespace {
 const detail::MatmulKernels& kernels_for(SimdLevel level) {
   switch (level) {

@@ -44,6 +44,24 @@ struct WeightMatrix {
 size_t act_record_bytes(int64_t k);
 void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level = active_simd_level());
 
+// Activations rearranged for the many-token quantized kernel (AVX-512), one block of
+// packed_acts_bytes(k) per token, written by pack_acts from the token's record. Per group
+// of 16 activation blocks (512 values; the last group padded with zero values):
+//   uint8 hi[8][64]   q + 128: vector s, lane b (bytes 4b..4b+3) holds values 4s..4s+3 of block b
+//   uint8 lo[8][64]   lo + 128, arranged the same way
+//   float scale[16]   the block's scale / 256 (0 for padding)
+// With this arrangement one lane of an int8 dot product accumulates one block for all 32
+// of its values (see matmul_avx512.cpp). Used where a matmul sees kPackedMinTokens tokens
+// or more: below that, rearranging the weights per call costs more than it saves.
+inline constexpr int64_t kPackedMinTokens = 16;
+inline constexpr int64_t kPackedGroupBlocks = 16;
+size_t packed_acts_bytes(int64_t k);
+void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed);
+
+// Bytes of the quantized activations of `tokens` tokens: the records, then, where
+// tokens >= kPackedMinTokens, their packed form (at tokens * act_record_bytes(k)).
+size_t act_buffer_bytes(int64_t tokens, int64_t k);
+
 struct ActRecord {  // typed view of one record
   const int8_t* q;
   const uint8_t* qu;
@@ -63,6 +81,7 @@ struct MatmulArgs {
   const float* x = nullptr;     // f32 activations, n_tokens rows of w.cols (float weights)
   int64_t ldx = 0;
   const uint8_t* xq = nullptr;  // quantized records, n_tokens of act_record_bytes (q8/q4)
+  const uint8_t* xp = nullptr;  // optional: the same tokens packed (pack_acts), for kernels that use them
   int64_t n_tokens = 0;
   float* y = nullptr;           // y[t * ldy + (r - y_row0)]
   int64_t ldy = 0;

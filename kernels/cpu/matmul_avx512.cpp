@@ -6,11 +6,15 @@
 // block 2c and 8-15 from block 2c+1; they are converted to float and multiplied by the
 // lane's scale (weight scale · activation scale, permuted from 16 block scales loaded
 // once per 512 weights). All lanes are summed at the end, so q4's +8 offset is removed
-// by subtracting w_scale · corr for each block in the same accumulator.
+// by subtracting w_scale · corr for each block in the same accumulator. From
+// kPackedMinTokens tokens on, q8/q4 weights are rearranged so that a lane holds a block
+// instead (matmul_packed).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/matmul.h"
 
@@ -193,6 +197,208 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream
     }
 }
 
+// ---- quantized weights, many tokens: one lane per block --------------------------------
+//
+// quant_tile converts and scales every vpdpbusd result (two blocks of eight lanes per 64
+// weights). With many tokens, a row tile's weights are reused by all of them, so they are
+// rearranged once: per group of 16 blocks (512 values), unpacked to signed bytes and
+// stored as 8 vectors, vector s holding values 4s..4s+3 of every block, lane b = block b.
+// The activations are arranged the same way once per call. A lane then accumulates its
+// block over all 8 vectors in int32, and the conversion and the scales are applied once
+// per 512 values. The unsigned operand is the activation (q + 128, then lo + 128); the
+// +128s come out exactly as 128 · 257 · Σ w per block, precomputed with the weights.
+// The block sums are the reference's integers (256 Σ w·q + Σ w·lo); a group past the
+// last block is padded with zero weights and scales.
+
+constexpr int64_t kGroupBlocks = kPackedGroupBlocks;
+
+struct alignas(64) PackedWeights {  // one row, one group
+  int8_t w[8][64];
+  int32_t offset[16];  // 128 · 257 · Σ_block w
+  float scale[16];
+};
+struct alignas(64) PackedActs {  // one token, one group: the layout of pack_acts (matmul.h)
+  uint8_t hi[8][64];
+  uint8_t lo[8][64];
+  float scale[16];
+};
+
+// v[c] holds blocks 2c and 2c+1 (32 bytes each, in order) -> v[s] lane b holds bytes
+// 4s..4s+3 of block b, the arrangement of pack_acts: a 16 × 8 transpose of 4-byte
+// words in three rounds of two-source permutes, each round exchanging one bit of the
+// vector index with one of the lane index (the last one also orders the lanes by block).
+inline void transpose_group(__m512i v[8]) {
+  static const int32_t kIdx[3][2][16] = {
+      {{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+       {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}},
+      {{0, 1, 4, 5, 16, 17, 20, 21, 8, 9, 12, 13, 24, 25, 28, 29},
+       {2, 3, 6, 7, 18, 19, 22, 23, 10, 11, 14, 15, 26, 27, 30, 31}},
+      {{0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30},
+       {1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31}},
+  };
+  for (int round = 0; round < 3; ++round) {
+    const int bit = 4 >> round;
+    const __m512i lo = _mm512_loadu_si512(kIdx[round][0]), hi = _mm512_loadu_si512(kIdx[round][1]);
+    for (int c = 0; c < 8; ++c) {
+      if (c & bit) continue;
+      const __m512i a = v[c], b = v[c | bit];
+      v[c] = _mm512_permutex2var_epi32(a, lo, b);
+      v[c | bit] = _mm512_permutex2var_epi32(a, hi, b);
+    }
+  }
+}
+
+template <DType D>
+void pack_weights(const WeightMatrix& w, int64_t row, int64_t groups, PackedWeights* out) {
+  const int64_t k = w.cols, blocks = k / 32;
+  const uint8_t* q = w.data + row * (D == DType::q4 ? k / 2 : k);
+  const uint16_t* scales = w.scales() + row * blocks;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t nb = std::min(kGroupBlocks, blocks - g * kGroupBlocks);
+    __m512i v[8];
+    for (int64_t c = 0; c < kGroupBlocks / 2; ++c) {
+      v[c] = _mm512_setzero_si512();
+      if (2 * c < nb) {
+        if constexpr (D == DType::q4)
+          v[c] = _mm512_sub_epi8(unpack_q4(q + (g * kGroupBlocks / 2 + c) * 32), _mm512_set1_epi8(8));
+        else
+          v[c] = _mm512_loadu_si512(q + (g * kGroupBlocks + 2 * c) * 32);
+      }
+    }
+    transpose_group(v);
+    PackedWeights& o = out[g];
+    __m512i sum = _mm512_setzero_si512();
+    for (int st = 0; st < 8; ++st) {
+      _mm512_store_si512(o.w[st], v[st]);
+      sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v[st]);
+    }
+    _mm512_store_si512(o.offset, _mm512_mullo_epi32(sum, _mm512_set1_epi32(128 * 257)));
+    const auto m = static_cast<__mmask16>((1u << nb) - 1u);
+    _mm512_store_ps(o.scale, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scales + g * kGroupBlocks)));
+  }
+}
+
+// The horizontal sums of 16 vectors in one vector, by a tree of shuffles and adds (15
+// adds instead of 16 separate reductions). Lane 4 (s % 4) + s / 4 receives the sum of
+// v[s]; that map is its own inverse, so passing vector sums16_input(s) in slot s leaves
+// vector n's sum in lane n.
+inline __m512 sums16(const __m512* v) {
+  __m512 u[8], w[4], x[2];
+  for (int p = 0; p < 8; ++p)
+    u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+  for (int p = 0; p < 4; ++p)
+    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0x88),
+                         _mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0xDD));
+  for (int p = 0; p < 2; ++p)
+    x[p] = _mm512_add_ps(_mm512_unpacklo_ps(w[2 * p], w[2 * p + 1]), _mm512_unpackhi_ps(w[2 * p], w[2 * p + 1]));
+  return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x44), _mm512_shuffle_ps(x[0], x[1], 0xEE));
+}
+constexpr int sums16_input(int slot) { return 4 * (slot % 4) + slot / 4; }
+
+// R rows × T tokens over every group: out[i * T + j] = row i · token j.
+template <int R, int T>
+inline void packed_tile(const PackedWeights* const* w, const PackedActs* const* x, int64_t groups, float* out) {
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i d[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < T; ++j) d[i][j] = _mm512_setzero_si512();
+    // The products with one byte plane of the activations (q + 128, then lo + 128).
+    auto products = [&](const uint8_t (PackedActs::*plane)[8][64]) {
+#pragma GCC unroll 4  // measured: full unrolling spills, 2 is slower
+      for (int st = 0; st < 8; ++st) {
+        __m512i wv[R];
+        for (int i = 0; i < R; ++i) wv[i] = _mm512_load_si512(w[i][g].w[st]);
+        for (int j = 0; j < T; ++j) {
+          const __m512i xv = _mm512_loadu_si512((x[j][g].*plane)[st]);
+          for (int i = 0; i < R; ++i) d[i][j] = _mm512_dpbusd_epi32(d[i][j], xv, wv[i]);
+        }
+      }
+    };
+    products(&PackedActs::hi);
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < T; ++j) d[i][j] = _mm512_slli_epi32(d[i][j], 8);
+    products(&PackedActs::lo);
+    for (int i = 0; i < R; ++i) {
+      const __m512i off = _mm512_load_si512(w[i][g].offset);
+      const __m512 sw = _mm512_load_ps(w[i][g].scale);
+      for (int j = 0; j < T; ++j) {
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(d[i][j], off));
+        acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sw, _mm512_loadu_ps(x[j][g].scale)), acc[i][j]);
+      }
+    }
+  }
+  if constexpr (R * T >= 8) {
+    __m512 v[16];
+    for (int slot = 0; slot < 16; ++slot) {
+      const int n = sums16_input(slot);
+      v[slot] = n < R * T ? acc[n / T][n % T] : _mm512_setzero_ps();
+    }
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, sums16(v));
+    for (int n = 0; n < R * T; ++n) out[n] = sums[n];
+  } else {
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < T; ++j) out[i * T + j] = hsum(acc[i][j]);
+  }
+}
+
+template <int R, int T>
+void packed_store(const MatmulArgs& a, const PackedWeights* const* w, const PackedActs* const* x, int64_t groups,
+                  int64_t r, int64_t t) {
+  float out[R * T];
+  packed_tile<R, T>(w, x, groups, out);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) {
+      float& y = a.y[(t + j) * a.ldy + r + i - a.y_row0];
+      y = a.accumulate ? y + out[i * T + j] : out[i * T + j];
+    }
+}
+
+// Rows in blocks of 64, packed once; within a block, tokens in tiles of 3 (then 1), each
+// tile against the block's rows in tiles of 4 (then 1), so that a token tile's
+// activations stay in L1 while the block's packed weights (L2) stream past them.
+// Measured on the 2-core AVX-512 VM (kvant-kernels-bench gemm, 128 tokens, one thread):
+// 350-370 GFLOP/s for llama-1b's attn_q, ffn_up and ffn_down; with the token loop inside
+// the row loop ffn_down fell to 230-240 (its activations, 2.2 MB for 128 tokens, came from
+// L3). The VNNI peak measured on that core is ~8.3 G vpdpbusd/s, ~530 GFLOP/s at two
+// products per value (q and lo).
+template <DType D>
+void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  constexpr int64_t kRowBlock = 64;
+  constexpr int kRows = 4, kTokens = 3;
+  const int64_t k = a.w.cols, groups = (k / 32 + kGroupBlocks - 1) / kGroupBlocks;
+  static_assert(sizeof(PackedActs) == 1088 && sizeof(PackedWeights) == 640);
+  thread_local std::vector<PackedWeights> weights;
+  weights.resize(static_cast<size_t>(kRowBlock * groups));
+  const auto* acts = reinterpret_cast<const PackedActs*>(a.xp);
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = std::min(r1, rb + kRowBlock);
+    for (int64_t r = rb; r < re; ++r) pack_weights<D>(a.w, r, groups, weights.data() + (r - rb) * groups);
+    auto rows = [&](auto tokens, int64_t t) {
+      constexpr int kT = decltype(tokens)::value;
+      const PackedActs* x[kT];
+      for (int j = 0; j < kT; ++j) x[j] = acts + (t + j) * groups;
+      int64_t r = rb;
+      for (; r + kRows <= re; r += kRows) {
+        const PackedWeights* w[kRows];
+        for (int i = 0; i < kRows; ++i) w[i] = weights.data() + (r - rb + i) * groups;
+        packed_store<kRows, kT>(a, w, x, groups, r, t);
+      }
+      for (; r < re; ++r) {
+        const PackedWeights* w[1] = {weights.data() + (r - rb) * groups};
+        packed_store<1, kT>(a, w, x, groups, r, t);
+      }
+    };
+    int64_t t = 0;
+    for (; t + kTokens <= a.n_tokens; t += kTokens) rows(std::integral_constant<int, kTokens>{}, t);
+    for (; t < a.n_tokens; ++t) rows(std::integral_constant<int, 1>{}, t);
+  }
+}
+
 // ---- float weights -------------------------------------------------------------------
 
 template <DType D>
@@ -297,6 +503,8 @@ void run_tiles(const MatmulArgs& a, int64_t r0, int64_t r1) {
 
 template <template <DType, int, int> class Tile, DType D>
 void matmul_dtype(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  if constexpr (D == DType::q8 || D == DType::q4)
+    if (a.xp && a.n_tokens >= kPackedMinTokens) return matmul_packed<D>(a, r0, r1);
   run_tiles<Tile, D, 3>(a, r0, r1);
 }
 
