@@ -21,9 +21,13 @@ std::pair<int64_t, int64_t> split(int64_t total, int ith, int nth) {
   return {b, std::min(total, b + per)};
 }
 
+// Rows per matmul work item: about four items per thread, 4 to 256 rows. An item's
+// first row tile is not streamed in by the one before it (kernels/cpu/matmul_avx512.cpp),
+// so items are long: a cap of 256 instead of 64, with the first tile prefetched at once,
+// took llama-1b q4 decode on two threads from 69.3 to 73.6 tok/s (five alternated runs).
 int64_t matmul_chunk(int64_t rows, int nth) {
   const int64_t c = rows / (static_cast<int64_t>(nth) * 4);
-  return std::clamp<int64_t>((c + 3) / 4 * 4, 4, 64);
+  return std::clamp<int64_t>((c + 3) / 4 * 4, 4, 256);
 }
 
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }

@@ -480,7 +480,10 @@ void run_tiles(const MatmulArgs& a, int64_t r0, int64_t r1) {
   const int64_t rb = row_bytes(a.w), steps = (a.w.cols + Tile<D, 4, 1>::kStepValues - 1) / Tile<D, 4, 1>::kStepValues;
   PrefetchStream pf, off;
   int64_t r = r0;
-  prefetch_rows(a, r0, std::min(r1, r0 + 8), /*weights=*/!stream);
+  // The first tile's weights (and with more tokens the second's), at once: nothing
+  // streamed them in during a tile before.
+  prefetch_rows(a, r0, std::min(r1, r0 + 4), /*weights=*/true);
+  prefetch_rows(a, std::min(r1, r0 + 4), std::min(r1, r0 + 8), /*weights=*/!stream);
   for (; r + 4 <= r1; r += 4) {
     if (stream) {
       prefetch_rows(a, std::min(r1, r + 4), std::min(r1, r + 8), /*weights=*/false);
