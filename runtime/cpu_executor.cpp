@@ -30,7 +30,6 @@ int64_t matmul_chunk(int64_t rows, int nth) {
   return std::clamp<int64_t>((c + 3) / 4 * 4, 4, 256);
 }
 
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
@@ -300,8 +299,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
         a.y = up;
         cpu::matmul(a, r0, r1, simd_);
         for (int64_t t = 0; t < rows; ++t)
-          for (int64_t r = r0; r < r1; ++r)
-            out()[t * G.rows + r] = silu(gate[t * chunk + r - r0]) * up[t * chunk + r - r0];
+          cpu::silu_mul(gate + t * chunk, up + t * chunk, r1 - r0, out() + t * G.rows + r0, simd_);
       }
       return;
     }
@@ -361,7 +359,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
       float* o = out();
       if (n.op == Op::silu_mul) {
         const float* y = in_ptr(n.in[1]);
-        for (int64_t i = i0; i < i1; ++i) o[i] = silu(x[i]) * y[i];
+        cpu::silu_mul(x + i0, y + i0, i1 - i0, o + i0, simd_);
       } else if (n.op == Op::add) {
         const float* y = in_ptr(n.in[1]);
         for (int64_t i = i0; i < i1; ++i) o[i] = x[i] + y[i];

@@ -382,5 +382,30 @@ TEST(Kernels, RmsNormMatchesReferenceOnEveryLevel) {
   }
 }
 
+// silu(gate) · up against the scalar formula on every level: odd lengths, values from
+// -100 to 100 (e^-g overflowing float for the scalar form), ±Inf, NaN and zero.
+TEST(Kernels, SiluMulMatchesReferenceOnEveryLevel) {
+  for (int64_t n : {1, 15, 16, 33, 1000}) {
+    auto gate = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n), 4.0f);
+    const auto up = test::gaussian(static_cast<size_t>(n), 7);
+    const float specials[] = {-100.0f, 100.0f, -30.0f, 0.0f, INFINITY, -INFINITY, NAN, 1e-30f};
+    for (size_t i = 0; i < std::size(specials) && i < gate.size(); ++i) gate[i * 3 % gate.size()] = specials[i];
+    std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n), -1.0f);
+    cpu::silu_mul(gate.data(), up.data(), n, ref.data(), SimdLevel::scalar);
+    for (SimdLevel level : cpu::supported_simd_levels()) {
+      cpu::silu_mul(gate.data(), up.data(), n, got.data(), level);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!std::isfinite(ref[i])) {
+          if (std::isnan(ref[i])) EXPECT_TRUE(std::isnan(got[i])) << "gate " << gate[i] << " " << cpu::simd_level_name(level);
+          else EXPECT_EQ(got[i], ref[i]) << "gate " << gate[i] << " " << cpu::simd_level_name(level);
+          continue;
+        }
+        ASSERT_NEAR(got[i], ref[i], 1e-6 * std::fabs(ref[i]) + 1e-30)
+            << "gate " << gate[i] << " up " << up[i] << " n " << n << " " << cpu::simd_level_name(level);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvant

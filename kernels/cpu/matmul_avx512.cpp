@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/avx512_common.h"
 #include "kernels/cpu/matmul.h"
 
 namespace kvant::cpu::detail {
@@ -69,6 +70,10 @@ void quantize_acts_avx512(const float* x, int64_t k, uint8_t* record) {
 }
 
 // ---- software prefetch for decode ----------------------------------------------------
+
+int64_t row_bytes(const WeightMatrix& w) {
+  return w.dtype == DType::q4 ? w.cols / 2 : w.dtype == DType::q8 ? w.cols : w.dtype == DType::f32 ? w.cols * 4 : w.cols * 2;
+}
 
 // While a 4-row tile computes one token, the next tile's weights are prefetched a few
 // lines per step of its inner loop, so that each line is asked for one tile's time
@@ -278,24 +283,6 @@ void pack_weights(const WeightMatrix& w, int64_t row, int64_t groups, PackedWeig
   }
 }
 
-// The horizontal sums of 16 vectors in one vector, by a tree of shuffles and adds (15
-// adds instead of 16 separate reductions). Lane 4 (s % 4) + s / 4 receives the sum of
-// v[s]; that map is its own inverse, so passing vector sums16_input(s) in slot s leaves
-// vector n's sum in lane n.
-inline __m512 sums16(const __m512* v) {
-  __m512 u[8], w[4], x[2];
-  for (int p = 0; p < 8; ++p)
-    u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
-  for (int p = 0; p < 4; ++p)
-    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0x88),
-                         _mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0xDD));
-  for (int p = 0; p < 2; ++p)
-    x[p] = _mm512_add_ps(_mm512_unpacklo_ps(w[2 * p], w[2 * p + 1]), _mm512_unpackhi_ps(w[2 * p], w[2 * p + 1]));
-  return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x44), _mm512_shuffle_ps(x[0], x[1], 0xEE));
-}
-constexpr int sums16_input(int slot) { return 4 * (slot % 4) + slot / 4; }
-
 // R rows × T tokens over every group: out[i * T + j] = row i · token j.
 template <int R, int T>
 inline void packed_tile(const PackedWeights* const* w, const PackedActs* const* x, int64_t groups, float* out) {
@@ -333,12 +320,9 @@ inline void packed_tile(const PackedWeights* const* w, const PackedActs* const* 
   }
   if constexpr (R * T >= 8) {
     __m512 v[16];
-    for (int slot = 0; slot < 16; ++slot) {
-      const int n = sums16_input(slot);
-      v[slot] = n < R * T ? acc[n / T][n % T] : _mm512_setzero_ps();
-    }
+    for (int n = 0; n < 16; ++n) v[n] = n < R * T ? acc[n / T][n % T] : _mm512_setzero_ps();
     alignas(64) float sums[16];
-    _mm512_store_ps(sums, sums16(v));
+    _mm512_store_ps(sums, hsum16(v));
     for (int n = 0; n < R * T; ++n) out[n] = sums[n];
   } else {
     for (int i = 0; i < R; ++i)
@@ -369,7 +353,7 @@ void packed_store(const MatmulArgs& a, const PackedWeights* const* w, const Pack
 template <DType D>
 void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
   constexpr int64_t kRowBlock = 64;
-  constexpr int kRows = 4, kTokens = 3;
+  constexpr int kRows = 4, kTokens = 3, kTiles = 2;
   const int64_t k = a.w.cols, groups = (k / 32 + kGroupBlocks - 1) / kGroupBlocks;
   static_assert(sizeof(PackedActs) == 1088 && sizeof(PackedWeights) == 640);
   thread_local std::vector<PackedWeights> weights;
@@ -378,24 +362,46 @@ void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t re = std::min(r1, rb + kRowBlock);
     for (int64_t r = rb; r < re; ++r) pack_weights<D>(a.w, r, groups, weights.data() + (r - rb) * groups);
-    auto rows = [&](auto tokens, int64_t t) {
+    // n token tiles from t, against every row tile of the block (a row tile's packed
+    // weights read once from L2 for all n, the tiles' activations staying in L1).
+    auto rows = [&](auto tokens, int64_t t, int n) {
       constexpr int kT = decltype(tokens)::value;
-      const PackedActs* x[kT];
-      for (int j = 0; j < kT; ++j) x[j] = acts + (t + j) * groups;
+      auto against = [&](auto rows_per_tile, int64_t r) {
+        constexpr int kR = decltype(rows_per_tile)::value;
+        const PackedWeights* w[kR];
+        for (int i = 0; i < kR; ++i) w[i] = weights.data() + (r - rb + i) * groups;
+        for (int tile = 0; tile < n; ++tile) {
+          const PackedActs* x[kT];
+          for (int j = 0; j < kT; ++j) x[j] = acts + (t + tile * kT + j) * groups;
+          packed_store<kR, kT>(a, w, x, groups, r, t + tile * kT);
+        }
+      };
       int64_t r = rb;
-      for (; r + kRows <= re; r += kRows) {
-        const PackedWeights* w[kRows];
-        for (int i = 0; i < kRows; ++i) w[i] = weights.data() + (r - rb + i) * groups;
-        packed_store<kRows, kT>(a, w, x, groups, r, t);
-      }
-      for (; r < re; ++r) {
-        const PackedWeights* w[1] = {weights.data() + (r - rb) * groups};
-        packed_store<1, kT>(a, w, x, groups, r, t);
+      for (; r + kRows <= re; r += kRows) against(std::integral_constant<int, kRows>{}, r);
+      for (; r < re; ++r) against(std::integral_constant<int, 1>{}, r);
+    };
+    // The next block's weights and scales are asked into L2 while this one computes, a
+    // few lines per token tile (pack_weights otherwise waits on DRAM at every block).
+    const int64_t next_end = std::min(r1, re + kRowBlock);
+    const char* pf = reinterpret_cast<const char*>(a.w.data + re * row_bytes(a.w));
+    const char* pf_end = reinterpret_cast<const char*>(a.w.data + next_end * row_bytes(a.w));
+    const char* sf = reinterpret_cast<const char*>(a.w.scales() + re * (k / 32));
+    const char* sf_end = reinterpret_cast<const char*>(a.w.scales() + next_end * (k / 32));
+    const int64_t steps = std::max<int64_t>(1, a.n_tokens / (kTokens * kTiles));
+    const int64_t lines = ((pf_end - pf) + (sf_end - sf)) / 64 / steps + 1;
+    auto prefetch_next = [&] {
+      for (int64_t l = 0; l < lines; ++l) {
+        if (pf < pf_end) _mm_prefetch(pf, _MM_HINT_T1), pf += 64;
+        else if (sf < sf_end) _mm_prefetch(sf, _MM_HINT_T1), sf += 64;
       }
     };
     int64_t t = 0;
-    for (; t + kTokens <= a.n_tokens; t += kTokens) rows(std::integral_constant<int, kTokens>{}, t);
-    for (; t < a.n_tokens; ++t) rows(std::integral_constant<int, 1>{}, t);
+    for (; t + kTokens * kTiles <= a.n_tokens; t += kTokens * kTiles) {
+      prefetch_next();
+      rows(std::integral_constant<int, kTokens>{}, t, kTiles);
+    }
+    for (; t + kTokens <= a.n_tokens; t += kTokens) rows(std::integral_constant<int, kTokens>{}, t, 1);
+    for (; t < a.n_tokens; ++t) rows(std::integral_constant<int, 1>{}, t, 1);
   }
 }
 
@@ -447,10 +453,6 @@ struct FloatTile {
   static constexpr int64_t kStepValues = 16;
   static void run(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) { float_tile<D, R, T>(a, r, t, pf); }
 };
-
-int64_t row_bytes(const WeightMatrix& w) {
-  return w.dtype == DType::q4 ? w.cols / 2 : w.dtype == DType::q8 ? w.cols : w.dtype == DType::f32 ? w.cols * 4 : w.cols * 2;
-}
 
 // Software prefetch of rows [rb, re) (clipped by the caller): their block scales, and
 // their weights too where `weights`, every cache line at once. A 4-row tile of a

@@ -79,7 +79,12 @@ void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos, const f
   }
 }
 
-void silu_mul(const float* gate, const float* up, int64_t n, float* out, SimdLevel) {
+namespace detail {
+void silu_mul_avx512(const float* gate, const float* up, int64_t n, float* out);  // ops_avx512.cpp
+}
+
+void silu_mul(const float* gate, const float* up, int64_t n, float* out, SimdLevel level) {
+  if (level == SimdLevel::avx512) return detail::silu_mul_avx512(gate, up, n, out);
   for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
 }
 
