@@ -233,7 +233,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
       for (int64_t r = r0; r < r1; ++r) {
         cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, records + r * rec, simd_);
         if (rows >= cpu::kPackedMinTokens)
-          cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed);
+          cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed, simd_);
       }
       return;
     }

@@ -82,6 +82,11 @@ TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
       cpu::quantize_acts(x.data(), k, got.data(), level);
       EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), static_cast<size_t>(3 * k + k / 32 * 8)))
           << "k " << k << " " << cpu::simd_level_name(level);
+      // The packed form (full and partial groups of 16 blocks), byte for byte too.
+      std::vector<uint8_t> packed_ref(cpu::packed_acts_bytes(k)), packed(packed_ref.size(), 0xee);
+      cpu::pack_acts(ref.data(), k, packed_ref.data(), SimdLevel::scalar);
+      cpu::pack_acts(ref.data(), k, packed.data(), level);
+      EXPECT_EQ(packed, packed_ref) << "k " << k << " " << cpu::simd_level_name(level);
     }
   }
 }

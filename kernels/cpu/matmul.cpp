@@ -28,7 +28,7 @@ size_t act_buffer_bytes(int64_t tokens, int64_t k) {
   return static_cast<size_t>(tokens) * per_token;
 }
 
-void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed) {
+void detail::pack_acts_portable(const uint8_t* record, int64_t k, uint8_t* packed) {
   const ActRecord x(record, k);
   const int64_t blocks = k / 32, groups = (blocks + kPackedGroupBlocks - 1) / kPackedGroupBlocks;
   for (int64_t g = 0; g < groups; ++g) {
@@ -60,6 +60,10 @@ const detail::MatmulKernels& kernels_for(SimdLevel level) {
 
 void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level) {
   kernels_for(level).quantize_acts(x, k, record);
+}
+
+void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel level) {
+  kernels_for(level).pack_acts(record, k, packed);
 }
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level) {

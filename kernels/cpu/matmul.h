@@ -56,7 +56,7 @@ void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level =
 inline constexpr int64_t kPackedMinTokens = 16;
 inline constexpr int64_t kPackedGroupBlocks = 16;
 size_t packed_acts_bytes(int64_t k);
-void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed);
+void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel level = active_simd_level());
 
 // Bytes of the quantized activations of `tokens` tokens: the records, then, where
 // tokens >= kPackedMinTokens, their packed form (at tokens * act_record_bytes(k)).
@@ -95,6 +95,7 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level = activ
 namespace detail {
 using MatmulFn = void (*)(const MatmulArgs&, int64_t, int64_t);
 using QuantizeActsFn = void (*)(const float*, int64_t, uint8_t*);
+using PackActsFn = void (*)(const uint8_t*, int64_t, uint8_t*);
 // Block b of a record as quantize_acts leaves a block holding Inf or NaN.
 void write_nonfinite_block(uint8_t* record, int64_t k, int64_t b);
 // The block scale for max |x| = amax (finite): amax / 127, or 0 where that is subnormal.
@@ -102,8 +103,10 @@ inline float act_block_scale(float amax) {
   const float d = amax / 127.0f;
   return d >= std::numeric_limits<float>::min() ? d : 0.0f;
 }
+void pack_acts_portable(const uint8_t* record, int64_t k, uint8_t* packed);  // the definition (matmul.cpp)
 struct MatmulKernels {
   QuantizeActsFn quantize_acts;
+  PackActsFn pack_acts;
   MatmulFn by_dtype[kDTypeCount];
 };
 const MatmulKernels& matmul_kernels_reference();

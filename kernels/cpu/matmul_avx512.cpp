@@ -91,6 +91,23 @@ struct PrefetchStream {
   }
 };
 
+// Software prefetch of rows [rb, re) (clipped by the caller): their block scales, and
+// their weights too where `weights`, every cache line at once. A 4-row tile of a
+// 2048-wide q4 matrix is one 4 KB page, where the hardware prefetcher starts over.
+void prefetch_rows(const MatmulArgs& a, int64_t rb, int64_t re, bool weights) {
+  if (rb >= re) return;
+  if (weights) {
+    const auto* begin = reinterpret_cast<const char*>(a.w.data + rb * row_bytes(a.w));
+    const auto* end = reinterpret_cast<const char*>(a.w.data + re * row_bytes(a.w));
+    for (const char* p = begin; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  }
+  if (a.w.quantized()) {
+    const auto* sb = reinterpret_cast<const char*>(a.w.scales() + rb * (a.w.cols / 32));
+    const auto* se = reinterpret_cast<const char*>(a.w.scales() + re * (a.w.cols / 32));
+    for (const char* p = sb; p < se; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  }
+}
+
 // ---- quantized weights -------------------------------------------------------------
 
 // Lane-scale permutation for chunk c of a 16-block group: lanes 0-7 <- block 2c, 8-15 <- 2c+1.
@@ -253,6 +270,34 @@ inline void transpose_group(__m512i v[8]) {
   }
 }
 
+// pack_acts (matmul.h) for one token: the same bytes as the portable version.
+void pack_acts_avx512(const uint8_t* record, int64_t k, uint8_t* packed) {
+  const ActRecord x(record, k);
+  const int64_t blocks = k / 32, groups = (blocks + kGroupBlocks - 1) / kGroupBlocks;
+  auto* out = reinterpret_cast<PackedActs*>(packed);
+  const __m512i bias = _mm512_set1_epi8(-128);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t nb = std::min(kGroupBlocks, blocks - g * kGroupBlocks);
+    __m512i hi[8], lo[8];
+    for (int64_t c = 0; c < kGroupBlocks / 2; ++c) {
+      hi[c] = lo[c] = bias;  // padding: zero values
+      if (2 * c < nb) {
+        hi[c] = _mm512_loadu_si512(x.qu + (g * kGroupBlocks + 2 * c) * 32);
+        lo[c] = _mm512_xor_si512(_mm512_loadu_si512(x.lo + (g * kGroupBlocks + 2 * c) * 32), bias);
+      }
+    }
+    transpose_group(hi);
+    transpose_group(lo);
+    for (int st = 0; st < 8; ++st) {
+      _mm512_storeu_si512(out[g].hi[st], hi[st]);
+      _mm512_storeu_si512(out[g].lo[st], lo[st]);
+    }
+    const auto m = static_cast<__mmask16>((1u << nb) - 1u);
+    _mm512_storeu_ps(out[g].scale,
+                     _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x.scale + g * kGroupBlocks), _mm512_set1_ps(1.0f / 256.0f)));
+  }
+}
+
 template <DType D>
 void pack_weights(const WeightMatrix& w, int64_t row, int64_t groups, PackedWeights* out) {
   const int64_t k = w.cols, blocks = k / 32;
@@ -361,7 +406,10 @@ void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
   const auto* acts = reinterpret_cast<const PackedActs*>(a.xp);
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t re = std::min(r1, rb + kRowBlock);
-    for (int64_t r = rb; r < re; ++r) pack_weights<D>(a.w, r, groups, weights.data() + (r - rb) * groups);
+    for (int64_t r = rb; r < re; ++r) {  // (rows from DRAM: two ahead asked for, +1.5% prefill)
+      if (r + 2 < re) prefetch_rows(a, r + 2, r + 3, /*weights=*/true);
+      pack_weights<D>(a.w, r, groups, weights.data() + (r - rb) * groups);
+    }
     // n token tiles from t, against every row tile of the block (a row tile's packed
     // weights read once from L2 for all n, the tiles' activations staying in L1).
     auto rows = [&](auto tokens, int64_t t, int n) {
@@ -454,22 +502,6 @@ struct FloatTile {
   static void run(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) { float_tile<D, R, T>(a, r, t, pf); }
 };
 
-// Software prefetch of rows [rb, re) (clipped by the caller): their block scales, and
-// their weights too where `weights`, every cache line at once. A 4-row tile of a
-// 2048-wide q4 matrix is one 4 KB page, where the hardware prefetcher starts over.
-void prefetch_rows(const MatmulArgs& a, int64_t rb, int64_t re, bool weights) {
-  if (rb >= re) return;
-  if (weights) {
-    const auto* begin = reinterpret_cast<const char*>(a.w.data + rb * row_bytes(a.w));
-    const auto* end = reinterpret_cast<const char*>(a.w.data + re * row_bytes(a.w));
-    for (const char* p = begin; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
-  }
-  if (a.w.quantized()) {
-    const auto* sb = reinterpret_cast<const char*>(a.w.scales() + rb * (a.w.cols / 32));
-    const auto* se = reinterpret_cast<const char*>(a.w.scales() + re * (a.w.cols / 32));
-    for (const char* p = sb; p < se; p += 64) _mm_prefetch(p, _MM_HINT_T0);
-  }
-}
 
 // Rows in tiles of 4 (then 1), tokens in tiles of T (then 1). For each row tile the
 // weights stay in L1 while every token streams past them. With one token (decode) the
@@ -516,7 +548,7 @@ void matmul_dtype(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const MatmulKernels& matmul_kernels_avx512() {
-  static const MatmulKernels k = {quantize_acts_avx512,
+  static const MatmulKernels k = {quantize_acts_avx512, pack_acts_avx512,
                                   {matmul_dtype<FloatTile, DType::f32>, matmul_dtype<FloatTile, DType::f16>,
                                    matmul_dtype<FloatTile, DType::bf16>, matmul_dtype<QuantTile, DType::q8>,
                                    matmul_dtype<QuantTile, DType::q4>}};
