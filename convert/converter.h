@@ -42,7 +42,7 @@ struct TensorReport {
   std::vector<uint64_t> shape;
   uint64_t n_elements = 0;
   uint64_t bytes = 0;
-  ModelConfig::TensorSpec::Role role = ModelConfig::TensorSpec::norm;
+  ModelConfig::TensorSpec::Role role = ModelConfig::TensorSpec::Role::norm;
   double sum_sq = 0;     // Σ w² of the source values
   double sum_sq_err = 0; // Σ (w - stored)² after conversion
   double relative_rms_error() const { return sum_sq > 0 ? std::sqrt(sum_sq_err / sum_sq) : 0.0; }

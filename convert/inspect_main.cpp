@@ -115,12 +115,13 @@ int main(int argc, char** argv) {
     bytes += t.size;
     const auto it = roles.find(std::string(t.name));
     if (it == roles.end()) other += t.n_elements();
-    else by_role[it->second] += t.n_elements();
+    else by_role[static_cast<int>(it->second)] += t.n_elements();
   }
-  using R = ModelConfig::TensorSpec;
+  using R = ModelConfig::TensorSpec::Role;
+  auto of = [&](R role) { return count(by_role[static_cast<int>(role)]); };
   fmt::print("parameters:    {} total: embeddings {}, attention {}, FFN {}, norms {}, output {}{}\n", count(total),
-             count(by_role[R::embedding]), count(by_role[R::attention]), count(by_role[R::ffn]), count(by_role[R::norm]),
-             count(by_role[R::output]), other ? fmt::format(", other {}", count(other)) : "");
+             of(R::embedding), of(R::attention), of(R::ffn), of(R::norm), of(R::output),
+             other ? fmt::format(", other {}", count(other)) : "");
   fmt::print("weights:       {} ({:.3f} bits per parameter)\n", format_bytes(static_cast<double>(bytes)),
              total ? 8.0 * static_cast<double>(bytes) / static_cast<double>(total) : 0.0);
   print_tokenizer(m);

@@ -28,7 +28,7 @@ void print_summary(const convert::ConvertReport& r, bool verbose) {
   for (const auto& t : r.tensors) {
     params += t.n_elements;
     ++count_by_dtype[static_cast<uint32_t>(t.dtype)];
-    if (t.shape.size() == 2 && t.role != ModelConfig::TensorSpec::embedding && t.role != ModelConfig::TensorSpec::output) {
+    if (t.shape.size() == 2 && t.role != ModelConfig::TensorSpec::Role::embedding && t.role != ModelConfig::TensorSpec::Role::output) {
       matrix_params += t.n_elements;
       matrix_bytes += t.bytes;
     }

@@ -141,33 +141,33 @@ std::vector<ModelConfig::TensorSpec> ModelConfig::tensor_specs() const {
   using S = TensorSpec;
   const uint64_t q_dim = uint64_t{n_heads} * head_dim, kv_dim = uint64_t{n_kv_heads} * head_dim;
   std::vector<S> specs;
-  specs.push_back({"token_embd", {vocab_size, dim}, S::embedding});
-  if (learned_pos) specs.push_back({"pos_embd", {max_seq_len, dim}, S::embedding});
+  specs.push_back({"token_embd", {vocab_size, dim}, S::Role::embedding});
+  if (learned_pos) specs.push_back({"pos_embd", {max_seq_len, dim}, S::Role::embedding});
   for (uint32_t i = 0; i < n_layers; ++i) {
     const std::string p = fmt::format("layers.{}.", i);
-    specs.push_back({p + "attn_norm", {dim}, S::norm});
-    if (norm_bias) specs.push_back({p + "attn_norm_bias", {dim}, S::norm});
-    specs.push_back({p + "attn_q", {q_dim, dim}, S::attention});
-    specs.push_back({p + "attn_k", {kv_dim, dim}, S::attention});
-    specs.push_back({p + "attn_v", {kv_dim, dim}, S::attention});
+    specs.push_back({p + "attn_norm", {dim}, S::Role::norm});
+    if (norm_bias) specs.push_back({p + "attn_norm_bias", {dim}, S::Role::norm});
+    specs.push_back({p + "attn_q", {q_dim, dim}, S::Role::attention});
+    specs.push_back({p + "attn_k", {kv_dim, dim}, S::Role::attention});
+    specs.push_back({p + "attn_v", {kv_dim, dim}, S::Role::attention});
     if (qkv_bias) {
-      specs.push_back({p + "attn_q_bias", {q_dim}, S::attention});
-      specs.push_back({p + "attn_k_bias", {kv_dim}, S::attention});
-      specs.push_back({p + "attn_v_bias", {kv_dim}, S::attention});
+      specs.push_back({p + "attn_q_bias", {q_dim}, S::Role::attention});
+      specs.push_back({p + "attn_k_bias", {kv_dim}, S::Role::attention});
+      specs.push_back({p + "attn_v_bias", {kv_dim}, S::Role::attention});
     }
-    specs.push_back({p + "attn_out", {dim, q_dim}, S::attention});
-    if (out_bias) specs.push_back({p + "attn_out_bias", {dim}, S::attention});
-    specs.push_back({p + "ffn_norm", {dim}, S::norm});
-    if (norm_bias) specs.push_back({p + "ffn_norm_bias", {dim}, S::norm});
-    if (gated_ffn) specs.push_back({p + "ffn_gate", {ffn_dim, dim}, S::ffn});
-    specs.push_back({p + "ffn_up", {ffn_dim, dim}, S::ffn});
-    if (ffn_bias) specs.push_back({p + "ffn_up_bias", {ffn_dim}, S::ffn});
-    specs.push_back({p + "ffn_down", {dim, ffn_dim}, S::ffn});
-    if (ffn_bias) specs.push_back({p + "ffn_down_bias", {dim}, S::ffn});
+    specs.push_back({p + "attn_out", {dim, q_dim}, S::Role::attention});
+    if (out_bias) specs.push_back({p + "attn_out_bias", {dim}, S::Role::attention});
+    specs.push_back({p + "ffn_norm", {dim}, S::Role::norm});
+    if (norm_bias) specs.push_back({p + "ffn_norm_bias", {dim}, S::Role::norm});
+    if (gated_ffn) specs.push_back({p + "ffn_gate", {ffn_dim, dim}, S::Role::ffn});
+    specs.push_back({p + "ffn_up", {ffn_dim, dim}, S::Role::ffn});
+    if (ffn_bias) specs.push_back({p + "ffn_up_bias", {ffn_dim}, S::Role::ffn});
+    specs.push_back({p + "ffn_down", {dim, ffn_dim}, S::Role::ffn});
+    if (ffn_bias) specs.push_back({p + "ffn_down_bias", {dim}, S::Role::ffn});
   }
-  specs.push_back({"output_norm", {dim}, S::norm});
-  if (norm_bias) specs.push_back({"output_norm_bias", {dim}, S::norm});
-  if (!tie_embeddings) specs.push_back({"output", {vocab_size, dim}, S::output});
+  specs.push_back({"output_norm", {dim}, S::Role::norm});
+  if (norm_bias) specs.push_back({"output_norm_bias", {dim}, S::Role::norm});
+  if (!tie_embeddings) specs.push_back({"output", {vocab_size, dim}, S::Role::output});
   return specs;
 }
 

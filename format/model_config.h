@@ -62,7 +62,7 @@ struct ModelConfig {
   struct TensorSpec {
     std::string name;
     std::vector<uint64_t> shape;  // outermost first; matrices are [out_features, in_features]
-    enum Role { embedding, attention, ffn, norm, output } role;
+    enum class Role { embedding, attention, ffn, norm, output } role;
   };
   // Every tensor the architecture needs, in file order.
   std::vector<TensorSpec> tensor_specs() const;
