@@ -112,6 +112,12 @@ int main(int argc, char** argv) {
   // config.json of every fixture architecture.
   for (const char* arch : {"llama", "llama3", "mistral", "qwen2", "gpt2"})
     write_seed("fuzz_hf_config", arch, fuzz::read_file(fuzz::fixture_path(std::string(arch) + "/config.json")));
+  // GPT-2 with its own head (an untied head once had no checkpoint source).
+  {
+    auto j = nlohmann::json::parse(fuzz::read_file(fuzz::fixture_path("gpt2/config.json")));
+    j["tie_word_embeddings"] = false;
+    write_seed("fuzz_hf_config", "gpt2-untied", j.dump(2));
+  }
 
   // The side files of the tokenizer, with their selector byte.
   write_seed("fuzz_tokenizer_config", "tokenizer-config",
