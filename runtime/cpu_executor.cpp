@@ -30,7 +30,6 @@ int64_t matmul_chunk(int64_t rows, int nth) {
   return std::clamp<int64_t>((c + 3) / 4 * 4, 4, 256);
 }
 
-
 }  // namespace
 
 // The barrier between nodes. OpenMP's own spins (a core at 100% for a long while) or,

@@ -179,9 +179,9 @@ TEST(Engine, DecodeChunkedAndFusedAgreeWithOneShot) {
 
 // With 8-bit and 4-bit weights, the three matmul paths compute the same per-block
 // integer dot products and differ only in the order of float additions: one-shot
-// prefill of the 24 golden tokens (the packed many-token kernel, >= 16 tokens), chunks
-// of 5 (the row-tile kernel) and token-by-token decode (the GEMV, the same tile code:
-// identical to the chunks here). A last-bit difference in a matmul's output can move
+// prefill of the 24 golden tokens (the packed many-token kernel), chunks of 3 (fewer
+// than cpu::kPackedMinTokens: the row-tile kernel) and token-by-token decode (the GEMV,
+// the same tile code: identical to the chunks here). A last-bit difference in a matmul's output can move
 // the next layer's activations across a rounding step of their quantization (1/256 of
 // a step with the residual byte), so the packed path's logits differ by ~2-7e-4 here
 // (f16 or f32 KV alike); each kernel matches the scalar reference to float rounding in
@@ -195,7 +195,7 @@ TEST(Engine, QuantizedWeightsAgreeAcrossMatmulPaths) {
       const auto oneshot = logits_of(*ctx, g.tokens);
       const auto stepwise = decode_logits(*ctx, g.tokens);
       ContextOptions chunked;
-      chunked.n_batch = 5;
+      chunked.n_batch = cpu::kPackedMinTokens - 1;
       auto cctx = make_context(model_file(name, dtype), chunked);
       const auto chunks = logits_of(*cctx, g.tokens);
       const double packed_err = max_abs_diff(chunks, oneshot);

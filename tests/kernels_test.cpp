@@ -95,8 +95,8 @@ TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
   struct Shape {
     int64_t rows, cols, tokens;
   };
-  // From 16 tokens (cpu::kPackedMinTokens) on, q8/q4 take the packed path: full and
-  // partial groups of 16 blocks (1600 = 3 groups + 2 blocks), row and token tails.
+  // From cpu::kPackedMinTokens tokens on, q8/q4 take the packed path: full and partial
+  // groups of 16 blocks (1600 = 3 groups + 2 blocks), row and token tails.
   const Shape shapes[] = {{1, 64, 1},       {5, 64, 3},    {7, 576, 1},     {13, 576, 4},  {33, 2048, 7},
                           {9, 4160, 2},     {64, 1536, 16}, {37, 1600, 40}, {6, 64, 17},   {70, 576, 16}};
   for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::q8, DType::q4}) {

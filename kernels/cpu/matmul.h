@@ -52,8 +52,10 @@ void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level =
 //   float scale[16]   the block's scale / 256 (0 for padding)
 // With this arrangement one lane of an int8 dot product accumulates one block for all 32
 // of its values (see matmul_avx512.cpp). Used where a matmul sees kPackedMinTokens tokens
-// or more: below that, rearranging the weights per call costs more than it saves.
-inline constexpr int64_t kPackedMinTokens = 16;
+// or more: with fewer, rearranging the weights costs what it saves (llama-1b q4 on the
+// 2-core VM, tok/s packed / row tiles: 2 tokens 72-77 / 76, 3: 108-114 / 103-109,
+// 4: 130-136 / 108-110, 8: 187-192 / 130-131, 16: 261-265 / 157-168).
+inline constexpr int64_t kPackedMinTokens = 4;
 inline constexpr int64_t kPackedGroupBlocks = 16;
 size_t packed_acts_bytes(int64_t k);
 void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel level = active_simd_level());

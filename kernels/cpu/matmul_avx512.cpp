@@ -12,8 +12,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/avx512_common.h"
@@ -225,9 +225,9 @@ inline void quant_tile(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream
 // weights). With many tokens, a row tile's weights are reused by all of them, so they are
 // rearranged once: per group of 16 blocks (512 values), unpacked to signed bytes and
 // stored as 8 vectors, vector s holding values 4s..4s+3 of every block, lane b = block b.
-// The activations are arranged the same way once per call. A lane then accumulates its
-// block over all 8 vectors in int32, and the conversion and the scales are applied once
-// per 512 values. The unsigned operand is the activation (q + 128, then lo + 128); the
+// The activations are arranged the same way once per token (pack_acts, by the quantize
+// op). A lane then accumulates its block over all 8 vectors in int32, and the
+// conversion and the scales are applied once per 512 values. The unsigned operand is the activation (q + 128, then lo + 128); the
 // +128s come out exactly as 128 · 257 · Σ w per block, precomputed with the weights.
 // The block sums are the reference's integers (256 Σ w·q + Σ w·lo); a group past the
 // last block is padded with zero weights and scales.
@@ -387,9 +387,10 @@ void packed_store(const MatmulArgs& a, const PackedWeights* const* w, const Pack
     }
 }
 
-// Rows in blocks of 64, packed once; within a block, tokens in tiles of 3 (then 1), each
-// tile against the block's rows in tiles of 4 (then 1), so that a token tile's
-// activations stay in L1 while the block's packed weights (L2) stream past them.
+// Rows in blocks of 64, packed once; within a block, tokens in pairs of 3-token tiles
+// (then single tiles, then single tokens), each against the block's rows in tiles of 4
+// (then 1), so that the tiles' activations stay in L1 while the block's packed weights
+// (L2) stream past them.
 // Measured on the 2-core AVX-512 VM (kvant-kernels-bench gemm, 128 tokens, one thread):
 // 350-370 GFLOP/s for llama-1b's attn_q, ffn_up and ffn_down; with the token loop inside
 // the row loop ffn_down fell to 230-240 (its activations, 2.2 MB for 128 tokens, came from
@@ -501,7 +502,6 @@ struct FloatTile {
   static constexpr int64_t kStepValues = 16;
   static void run(const MatmulArgs& a, int64_t r, int64_t t, PrefetchStream& pf) { float_tile<D, R, T>(a, r, t, pf); }
 };
-
 
 // Rows in tiles of 4 (then 1), tokens in tiles of T (then 1). For each row tile the
 // weights stay in L1 while every token streams past them. With one token (decode) the
