@@ -396,7 +396,7 @@ void packed_store(const MatmulArgs& a, const PackedWeights* const* w, const Pack
 }
 
 // Rows in blocks of 64, packed once; within a block, tokens in pairs of 3-token tiles
-// (then single tiles, then single tokens), each against the block's rows in tiles of 4
+// (then a 3-token tile, a 2-token one, one token), each against the block's rows in tiles of 4
 // (then 1), so that the tiles' activations stay in L1 while the block's packed weights
 // (L2) stream past them.
 // Measured on the 2-core AVX-512 VM (kvant-kernels-bench gemm, 128 tokens, one thread):
@@ -458,6 +458,7 @@ void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
       rows(std::integral_constant<int, kTokens>{}, t, kTiles);
     }
     for (; t + kTokens <= a.n_tokens; t += kTokens) rows(std::integral_constant<int, kTokens>{}, t, 1);
+    if (t + 2 <= a.n_tokens) rows(std::integral_constant<int, 2>{}, t, 1), t += 2;
     for (; t < a.n_tokens; ++t) rows(std::integral_constant<int, 1>{}, t, 1);
   }
 }
