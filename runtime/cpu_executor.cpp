@@ -135,15 +135,17 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
   auto in_width = [&](Ref r) { return nodes[static_cast<size_t>(r.node)].out_width(r.port); };
   const int64_t hd = c.head_dim;
   float* scratch = scratch_[static_cast<size_t>(ith)].data();
+  // Quantize nodes write packed activations too (after the records, cpu::act_buffer_bytes)
+  // where there are enough rows and this SIMD level's matmul reads them.
+  auto writes_packed = [&](int64_t q_rows) { return q_rows >= cpu::kPackedMinTokens && cpu::reads_packed_acts(simd_); };
   // A matmul's quantized activations: the quantize node's records, and their packed form
-  // where it wrote one (cpu::act_buffer_bytes).
+  // where it wrote one.
   auto quantized_input = [&](cpu::MatmulArgs& a, const Node& node, int64_t tokens) {
     if (!node.q_in.valid()) return;
     const Node& q = nodes[static_cast<size_t>(node.q_in.node)];
     a.xq = arena_ + q.offset[0];
     const int64_t q_rows = plan.rows(q);
-    if (q_rows >= cpu::kPackedMinTokens && tokens >= cpu::kPackedMinTokens)
-      a.xp = a.xq + q_rows * cpu::act_record_bytes(q.width);
+    if (writes_packed(q_rows) && tokens >= cpu::kPackedMinTokens) a.xp = a.xq + q_rows * cpu::act_record_bytes(q.width);
   };
 
   // Writes the K and V rows of token t into its KV slots. Keys with offset rows
@@ -231,8 +233,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
       uint8_t* records = arena_ + n.offset[0];
       for (int64_t r = r0; r < r1; ++r) {
         cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, records + r * rec, simd_);
-        if (rows >= cpu::kPackedMinTokens)
-          cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed, simd_);
+        if (writes_packed(rows)) cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed, simd_);
       }
       return;
     }

@@ -66,6 +66,8 @@ void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel leve
   kernels_for(level).pack_acts(record, k, packed);
 }
 
+bool reads_packed_acts(SimdLevel level) { return kernels_for(level).reads_packed_acts; }
+
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level) {
   if (r0 >= r1 || a.n_tokens == 0) return;
   kernels_for(level).by_dtype[static_cast<uint32_t>(a.w.dtype)](a, r0, r1);

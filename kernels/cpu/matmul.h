@@ -59,6 +59,9 @@ inline constexpr int64_t kPackedMinTokens = 4;
 inline constexpr int64_t kPackedGroupBlocks = 16;
 size_t packed_acts_bytes(int64_t k);
 void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel level = active_simd_level());
+// Whether matmul at `level` reads packed activations (MatmulArgs::xp): only then are they
+// worth writing.
+bool reads_packed_acts(SimdLevel level = active_simd_level());
 
 // Bytes of the quantized activations of `tokens` tokens: the records, then, where
 // tokens >= kPackedMinTokens, their packed form (at tokens * act_record_bytes(k)).
@@ -109,6 +112,7 @@ void pack_acts_portable(const uint8_t* record, int64_t k, uint8_t* packed);  // 
 struct MatmulKernels {
   QuantizeActsFn quantize_acts;
   PackActsFn pack_acts;
+  bool reads_packed_acts;
   MatmulFn by_dtype[kDTypeCount];
 };
 const MatmulKernels& matmul_kernels_reference();

@@ -215,7 +215,7 @@ void matmul_dtype(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const MatmulKernels& matmul_kernels_avx2() {
-  static const MatmulKernels k = {quantize_acts_avx2, pack_acts_portable,
+  static const MatmulKernels k = {quantize_acts_avx2, pack_acts_portable, /*reads_packed_acts=*/false,
                                   {matmul_dtype<FloatTile, DType::f32>, matmul_dtype<FloatTile, DType::f16>,
                                    matmul_dtype<FloatTile, DType::bf16>, matmul_dtype<QuantTile, DType::q8>,
                                    matmul_dtype<QuantTile, DType::q4>}};

@@ -557,7 +557,7 @@ void matmul_dtype(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const MatmulKernels& matmul_kernels_avx512() {
-  static const MatmulKernels k = {quantize_acts_avx512, pack_acts_avx512,
+  static const MatmulKernels k = {quantize_acts_avx512, pack_acts_avx512, /*reads_packed_acts=*/true,
                                   {matmul_dtype<FloatTile, DType::f32>, matmul_dtype<FloatTile, DType::f16>,
                                    matmul_dtype<FloatTile, DType::bf16>, matmul_dtype<QuantTile, DType::q8>,
                                    matmul_dtype<QuantTile, DType::q4>}};

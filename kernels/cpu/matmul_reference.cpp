@@ -121,7 +121,7 @@ void matmul_q4(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const MatmulKernels& matmul_kernels_reference() {
-  static const MatmulKernels k = {quantize_acts_reference, pack_acts_portable, {matmul_f32, matmul_f16, matmul_bf16, matmul_q8, matmul_q4}};
+  static const MatmulKernels k = {quantize_acts_reference, pack_acts_portable, /*reads_packed_acts=*/false, {matmul_f32, matmul_f16, matmul_bf16, matmul_q8, matmul_q4}};
   return k;
 }
 
