@@ -68,19 +68,14 @@ void BM_matmul(benchmark::State& state, DType dtype, int64_t rows, int64_t cols)
   std::vector<float> x(static_cast<size_t>(n * cols), 0.5f), y(static_cast<size_t>(n * rows));
   // The quantized activations as the executor's quantize op leaves them (records, then
   // their packed form for many tokens).
-  const size_t rec = cpu::act_record_bytes(cols);
   std::vector<uint8_t> xq(cpu::act_buffer_bytes(n, cols));
-  for (int64_t t = 0; t < n; ++t) {
-    cpu::quantize_acts(x.data() + t * cols, cols, xq.data() + t * rec);
-    if (n >= cpu::kPackedMinTokens)
-      cpu::pack_acts(xq.data() + t * rec, cols, xq.data() + n * rec + t * cpu::packed_acts_bytes(cols));
-  }
+  for (int64_t t = 0; t < n; ++t) cpu::quantize_token(x.data() + t * cols, cols, n, t, xq.data(), n >= cpu::kPackedMinTokens);
   cpu::MatmulArgs a;
   a.w = w.matrix;
   a.x = x.data();
   a.ldx = cols;
   a.xq = xq.data();
-  if (n >= cpu::kPackedMinTokens) a.xp = xq.data() + n * rec;
+  a.xp = cpu::packed_acts_in(xq.data(), n, cols);
   a.n_tokens = n;
   a.y = y.data();
   a.ldy = rows;

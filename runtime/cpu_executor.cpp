@@ -145,7 +145,7 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
     const Node& q = nodes[static_cast<size_t>(node.q_in.node)];
     a.xq = arena_ + q.offset[0];
     const int64_t q_rows = plan.rows(q);
-    if (writes_packed(q_rows) && tokens >= cpu::kPackedMinTokens) a.xp = a.xq + q_rows * cpu::act_record_bytes(q.width);
+    if (writes_packed(q_rows) && tokens >= cpu::kPackedMinTokens) a.xp = cpu::packed_acts_in(a.xq, q_rows, q.width);
   };
 
   // Writes the K and V rows of token t into its KV slots. Keys with offset rows
@@ -229,12 +229,8 @@ void CpuExecutor::run_node(const Plan& plan, size_t index, RunState& st, int ith
     }
     case Op::quantize: {
       const auto [r0, r1] = split(rows, ith, nth);
-      const size_t rec = cpu::act_record_bytes(n.width), packed = cpu::packed_acts_bytes(n.width);
-      uint8_t* records = arena_ + n.offset[0];
-      for (int64_t r = r0; r < r1; ++r) {
-        cpu::quantize_acts(in_ptr(n.in[0]) + r * n.width, n.width, records + r * rec, simd_);
-        if (writes_packed(rows)) cpu::pack_acts(records + r * rec, n.width, records + rows * rec + r * packed, simd_);
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        cpu::quantize_token(in_ptr(n.in[0]) + r * n.width, n.width, rows, r, arena_ + n.offset[0], writes_packed(rows), simd_);
       return;
     }
     case Op::matmul:

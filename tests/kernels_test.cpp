@@ -57,17 +57,10 @@ void add_unquantizable_blocks(std::vector<float>& x) {
 // Activations of `tokens` tokens as the executor's quantize op leaves them: records,
 // then (from kPackedMinTokens tokens) their packed form.
 std::vector<uint8_t> quantize_tokens(const float* x, int64_t tokens, int64_t k) {
-  const size_t rec = cpu::act_record_bytes(k);
   std::vector<uint8_t> out(cpu::act_buffer_bytes(tokens, k));
-  for (int64_t t = 0; t < tokens; ++t) {
-    cpu::quantize_acts(x + t * k, k, out.data() + t * rec, SimdLevel::scalar);
-    if (tokens >= cpu::kPackedMinTokens)
-      cpu::pack_acts(out.data() + t * rec, k, out.data() + tokens * rec + t * cpu::packed_acts_bytes(k));
-  }
+  for (int64_t t = 0; t < tokens; ++t)
+    cpu::quantize_token(x + t * k, k, tokens, t, out.data(), tokens >= cpu::kPackedMinTokens, SimdLevel::scalar);
   return out;
-}
-const uint8_t* packed_part(const std::vector<uint8_t>& xq, int64_t tokens, int64_t k) {
-  return tokens >= cpu::kPackedMinTokens ? xq.data() + tokens * cpu::act_record_bytes(k) : nullptr;
 }
 
 TEST(Kernels, QuantizeActsIsBitIdenticalOnEveryLevel) {
@@ -109,7 +102,7 @@ TEST(Kernels, MatmulMatchesReferenceOnEveryLevel) {
       a.x = x.data();
       a.ldx = s.cols;
       a.xq = xq.data();
-      a.xp = packed_part(xq, s.tokens, s.cols);
+      a.xp = cpu::packed_acts_in(xq.data(), s.tokens, s.cols);
       a.n_tokens = s.tokens;
       a.ldy = s.rows;
       std::vector<float> ref(static_cast<size_t>(s.rows * s.tokens));
@@ -175,7 +168,7 @@ TEST(Kernels, UnquantizableActivationBlocksGiveNaNOrZero) {
           cpu::MatmulArgs a;
           a.w = {dtype, rows, k, w.data()};
           a.xq = tokens == 1 ? rec_bytes.data() : xq.data();
-          a.xp = tokens == 1 ? nullptr : packed_part(xq, tokens, k);
+          a.xp = tokens == 1 ? nullptr : cpu::packed_acts_in(xq.data(), tokens, k);
           a.n_tokens = tokens;
           a.ldy = rows;
           std::vector<float> y(static_cast<size_t>(rows * tokens));

@@ -20,7 +20,7 @@ void detail::write_nonfinite_block(uint8_t* record, int64_t k, int64_t b) {
 
 size_t packed_acts_bytes(int64_t k) {
   const int64_t groups = (k / 32 + kPackedGroupBlocks - 1) / kPackedGroupBlocks;
-  return static_cast<size_t>(groups) * (2 * 8 * 64 + kPackedGroupBlocks * 4);
+  return static_cast<size_t>(groups) * kPackedGroupBytes;
 }
 
 size_t act_buffer_bytes(int64_t tokens, int64_t k) {
@@ -32,7 +32,7 @@ void detail::pack_acts_portable(const uint8_t* record, int64_t k, uint8_t* packe
   const ActRecord x(record, k);
   const int64_t blocks = k / 32, groups = (blocks + kPackedGroupBlocks - 1) / kPackedGroupBlocks;
   for (int64_t g = 0; g < groups; ++g) {
-    uint8_t* hi = packed + g * (packed_acts_bytes(k) / static_cast<size_t>(groups));
+    uint8_t* hi = packed + static_cast<size_t>(g) * kPackedGroupBytes;
     uint8_t* lo = hi + 8 * 64;
     auto* scale = reinterpret_cast<float*>(lo + 8 * 64);
     for (int64_t b = 0; b < kPackedGroupBlocks; ++b) {
@@ -67,6 +67,16 @@ void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel leve
 }
 
 bool reads_packed_acts(SimdLevel level) { return kernels_for(level).reads_packed_acts; }
+
+void quantize_token(const float* x, int64_t k, int64_t tokens, int64_t t, uint8_t* buffer, bool pack, SimdLevel level) {
+  uint8_t* record = buffer + static_cast<size_t>(t) * act_record_bytes(k);
+  quantize_acts(x, k, record, level);
+  if (pack) pack_acts(record, k, buffer + static_cast<size_t>(tokens) * act_record_bytes(k) + t * packed_acts_bytes(k), level);
+}
+
+const uint8_t* packed_acts_in(const uint8_t* buffer, int64_t tokens, int64_t k) {
+  return tokens >= kPackedMinTokens ? buffer + static_cast<size_t>(tokens) * act_record_bytes(k) : nullptr;
+}
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1, SimdLevel level) {
   if (r0 >= r1 || a.n_tokens == 0) return;

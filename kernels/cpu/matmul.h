@@ -57,6 +57,7 @@ void quantize_acts(const float* x, int64_t k, uint8_t* record, SimdLevel level =
 // 4: 130-136 / 108-110, 8: 187-192 / 130-131, 16: 261-265 / 157-168).
 inline constexpr int64_t kPackedMinTokens = 4;
 inline constexpr int64_t kPackedGroupBlocks = 16;
+inline constexpr size_t kPackedGroupBytes = 2 * 8 * 64 + kPackedGroupBlocks * 4;  // hi, lo, scale
 size_t packed_acts_bytes(int64_t k);
 void pack_acts(const uint8_t* record, int64_t k, uint8_t* packed, SimdLevel level = active_simd_level());
 // Whether matmul at `level` reads packed activations (MatmulArgs::xp): only then are they
@@ -66,6 +67,12 @@ bool reads_packed_acts(SimdLevel level = active_simd_level());
 // Bytes of the quantized activations of `tokens` tokens: the records, then, where
 // tokens >= kPackedMinTokens, their packed form (at tokens * act_record_bytes(k)).
 size_t act_buffer_bytes(int64_t tokens, int64_t k);
+// Token t of such a buffer: its record, and its packed form too where `pack` (which
+// needs tokens >= kPackedMinTokens).
+void quantize_token(const float* x, int64_t k, int64_t tokens, int64_t t, uint8_t* buffer, bool pack,
+                    SimdLevel level = active_simd_level());
+// The packed form in such a buffer, or null where it has none.
+const uint8_t* packed_acts_in(const uint8_t* buffer, int64_t tokens, int64_t k);
 
 struct ActRecord {  // typed view of one record
   const int8_t* q;

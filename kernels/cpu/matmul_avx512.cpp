@@ -409,7 +409,7 @@ void matmul_packed(const MatmulArgs& a, int64_t r0, int64_t r1) {
   constexpr int64_t kRowBlock = 64;
   constexpr int kRows = 4, kTokens = 3, kTiles = 2;
   const int64_t k = a.w.cols, groups = (k / 32 + kGroupBlocks - 1) / kGroupBlocks;
-  static_assert(sizeof(PackedActs) == 1088 && sizeof(PackedWeights) == 640);
+  static_assert(sizeof(PackedActs) == kPackedGroupBytes && sizeof(PackedWeights) == 640);
   thread_local std::vector<PackedWeights> weights;
   weights.resize(static_cast<size_t>(kRowBlock * groups));
   const auto* acts = reinterpret_cast<const PackedActs*>(a.xp);
