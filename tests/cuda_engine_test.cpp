@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "convert/converter.h"
@@ -36,6 +37,9 @@ struct DeviceBuffer {
   DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.size()) {
     EXPECT_EQ(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
   }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p(std::exchange(o.p, nullptr)), n(o.n) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() { cudaFree(p); }
   std::vector<T> download() const {
     std::vector<T> v(n);
@@ -96,7 +100,7 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
     int64_t rows, cols;
   };
   for (DType dtype : {DType::q4, DType::q8, DType::f16, DType::bf16, DType::f32}) {
-    for (Shape s : {Shape{1, 64}, Shape{7, 576}, Shape{33, 2048}, Shape{130, 4160}}) {
+    for (Shape s : {Shape{1, 64}, Shape{7, 576}, Shape{33, 2048}, Shape{130, 4160}, Shape{61, 11008}}) {
       const auto w = make_weights(dtype, s.rows, s.cols, static_cast<uint64_t>(s.rows + s.cols));
       DeviceBuffer<uint8_t> dw(w);
       const cuda::DeviceMatrix m{dtype, s.rows, s.cols, dw.p};
@@ -122,7 +126,17 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
         if (n <= cuda::kMaxGemvTokens) {
           DeviceBuffer<uint8_t> dq(cuda::act_bytes(s.cols) * static_cast<size_t>(n));
           cuda::quantize_acts(dx.p, n, s.cols, dq.p, nullptr);
-          cuda::gemv(m, dx.p, dq.p, n, dy.p, s.rows, false, nullptr);
+          // Both GEMV paths: the copy pipeline (where it applies) and register streaming.
+          for (bool pipelined : {true, false}) {
+            cuda::set_pipelined_gemv(pipelined);
+            cudaMemset(dy.p, 0xff, dy.n * 4);
+            cuda::gemv(m, dx.p, dq.p, n, dy.p, s.rows, false, nullptr);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            EXPECT_LT(rel_error(dy.download(), want), 1e-5)
+                << dtype_name(dtype) << " [" << s.rows << "x" << s.cols << "] n=" << n << " pipelined=" << pipelined;
+          }
+          cuda::set_pipelined_gemv(true);
+          continue;
         } else {
           cuda::Gemm gemm;
           ASSERT_EQ(gemm.run(m, dx.p, n, dy.p, s.rows, false, nullptr), nullptr);
@@ -133,6 +147,84 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
         // activations (f32 weights: exact f32).
         const double bound = n <= cuda::kMaxGemvTokens ? 1e-5 : dtype == DType::f32 ? 1e-5 : dtype == DType::bf16 ? 6e-3 : 2e-3;
         EXPECT_LT(err, bound) << dtype_name(dtype) << " [" << s.rows << "x" << s.cols << "] n=" << n;
+      }
+    }
+  }
+}
+
+// q, k and v (matrices of different row counts in one launch, with biases, into a
+// residual), and gate · up with SiLU, on both GEMV paths, against the CPU.
+TEST(CudaKernels, MultiAndGatedGemvsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::q4, DType::q8, DType::f16}) {
+    for (int64_t cols : {int64_t{1536}, int64_t{11008}}) {
+      const int64_t rows[3] = {48, 16, 37};
+      std::vector<std::vector<uint8_t>> w;
+      std::vector<std::vector<float>> bias;
+      for (int i = 0; i < 3; ++i) {
+        w.push_back(make_weights(dtype, rows[i], cols, static_cast<uint64_t>(100 * i + cols)));
+        bias.push_back(test::gaussian(static_cast<size_t>(rows[i]), static_cast<uint64_t>(i + 5)));
+      }
+      for (int64_t n : {1, 2, 8}) {
+        const auto x = test::gaussian(static_cast<size_t>(n * cols), static_cast<uint64_t>(n + cols));
+        DeviceBuffer<float> dx(x);
+        DeviceBuffer<uint8_t> dq(cuda::act_bytes(cols) * static_cast<size_t>(n));
+        cuda::quantize_acts(dx.p, n, cols, dq.p, nullptr);
+        std::vector<float> want[3];
+        for (int i = 0; i < 3; ++i) want[i] = cpu_matmul(dtype, w[static_cast<size_t>(i)], rows[i], cols, x, n);
+        const auto residual = test::gaussian(static_cast<size_t>(n * rows[0]), 99);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows[0]; ++r) want[0][static_cast<size_t>(t * rows[0] + r)] += residual[static_cast<size_t>(t * rows[0] + r)];
+        for (int i = 0; i < 3; ++i)
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = 0; r < rows[i]; ++r) want[i][static_cast<size_t>(t * rows[i] + r)] += bias[static_cast<size_t>(i)][static_cast<size_t>(r)];
+        for (bool pipelined : {true, false}) {
+          cuda::set_pipelined_gemv(pipelined);
+          const std::string what = std::string(dtype_name(dtype)) + " k=" + std::to_string(cols) + " n=" + std::to_string(n) +
+                                   (pipelined ? " pipelined" : " streaming");
+          // q, k, v: the first accumulates into a residual (all three get their bias).
+          {
+            std::vector<DeviceBuffer<uint8_t>> dw;
+            std::vector<DeviceBuffer<float>> db, dy;
+            cuda::DeviceMatrix ms[3];
+            const cuda::DeviceMatrix* mp[3];
+            float* ys[3];
+            const float* bs[3];
+            dw.reserve(3), db.reserve(3), dy.reserve(3);
+            for (int i = 0; i < 3; ++i) {
+              dw.emplace_back(w[static_cast<size_t>(i)]);
+              db.emplace_back(bias[static_cast<size_t>(i)]);
+              dy.emplace_back(static_cast<size_t>(n * rows[i]));
+              cudaMemset(dy.back().p, 0xff, dy.back().n * 4);
+              ms[i] = {dtype, rows[i], cols, dw.back().p};
+              mp[i] = &ms[i];
+              ys[i] = dy.back().p;
+              bs[i] = db.back().p;
+            }
+            // accumulate applies to every matrix of the launch: give each its residual.
+            ASSERT_EQ(cudaMemcpy(dy[0].p, residual.data(), residual.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+            for (int i = 1; i < 3; ++i) cudaMemset(dy[static_cast<size_t>(i)].p, 0, dy[static_cast<size_t>(i)].n * 4);
+            cuda::gemv_multi(mp, ys, bs, 3, dx.p, dq.p, n, true, nullptr);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            for (int i = 0; i < 3; ++i)
+              EXPECT_LT(rel_error(dy[static_cast<size_t>(i)].download(), want[i]), 1e-5) << what << " matrix " << i;
+          }
+          // gate (matrix 0) and up (its own weights of the same shape), SiLU in the kernel.
+          {
+            const auto up = make_weights(dtype, rows[0], cols, 7);
+            DeviceBuffer<uint8_t> dg(w[0]), du(up);
+            DeviceBuffer<float> dout(static_cast<size_t>(n * rows[0]));
+            cudaMemset(dout.p, 0xff, dout.n * 4);
+            const cuda::DeviceMatrix g{dtype, rows[0], cols, dg.p}, u{dtype, rows[0], cols, du.p};
+            cuda::gemv_gated(g, u, dx.p, dq.p, n, dout.p, nullptr);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            const auto gv = cpu_matmul(dtype, w[0], rows[0], cols, x, n), uv = cpu_matmul(dtype, up, rows[0], cols, x, n);
+            std::vector<float> gated(gv.size());
+            for (size_t e = 0; e < gv.size(); ++e) gated[e] = gv[e] / (1.0f + std::exp(-gv[e])) * uv[e];
+            EXPECT_LT(rel_error(dout.download(), gated), 1e-5) << what << " gated";
+          }
+        }
+        cuda::set_pipelined_gemv(true);
       }
     }
   }

@@ -1,14 +1,14 @@
-// Matrix kernels: int8 activation quantization, decode GEMV for every weight type
-// (bandwidth-bound: 16-byte loads, several in flight per thread, one warp per row), and
-// the prefill GEMM (dequantize to f16, then cuBLAS on tensor cores).
+// Matrix kernels: int8 activation quantization, the register-streaming decode GEMV for
+// every weight type (bandwidth-bound: 16-byte loads, several in flight per thread, one
+// warp per row; q8/f16 rows go to the copy pipeline of gemv_pipelined.cu where it
+// applies), and the prefill GEMM (dequantize to f16, then cuBLAS on tensor cores).
 #include <cublas_v2.h>
 #include <dlfcn.h>
 
 #include <algorithm>
 #include <string>
 
-#include "kernels/cuda/common.cuh"
-#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/gemv.cuh"
 
 namespace kvant::cuda {
 
@@ -18,19 +18,6 @@ size_t act_bytes(int64_t k) {
 }
 
 namespace {
-
-struct ActView {
-  const int8_t* q;
-  const int8_t* lo;
-  const float* scale;  // per 32
-  const int32_t* sum16;
-};
-
-__device__ __forceinline__ ActView act_view(const uint8_t* base, int64_t k, int64_t t, size_t bytes) {
-  const uint8_t* rec = base + t * bytes;
-  return {reinterpret_cast<const int8_t*>(rec), reinterpret_cast<const int8_t*>(rec + k),
-          reinterpret_cast<const float*>(rec + 2 * k), reinterpret_cast<const int32_t*>(rec + 2 * k + (k / 32) * 4)};
-}
 
 // Four consecutive values per thread (a warp 128 values, four blocks of 32): scale =
 // max|x| / 127 per block, round to nearest even.
@@ -45,188 +32,6 @@ __global__ void quantize_acts_kernel(const float* x, int64_t k, uint8_t* out, si
   float v[kQuantPer] = {};
   if (active) load_floats<kQuantPer>(x + t * k + first, v);
   quantize_act_lanes<kQuantPer>(v, lane, active, first - static_cast<int64_t>(lane) * kQuantPer, k, out + t * bytes);
-}
-
-__device__ __forceinline__ uint4 load_stream(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
-
-// R rows, each from any matrix of the same dtype and length: the quants (or values) of
-// row i at w[i], its f16 block scales at s[i] (q8/q4).
-template <int R>
-struct RowSet {
-  const uint8_t* w[R];
-  const __half* s[R];
-};
-
-__host__ __device__ __forceinline__ int64_t row_bytes(DType d, int64_t k) {
-  return d == DType::q4 ? k / 2 : d == DType::q8 ? k : d == DType::f32 ? 4 * k : 2 * k;
-}
-
-// Row r of a [rows, k] matrix at base, in the .kvant layout (scales after all quants).
-template <DType D>
-__device__ __forceinline__ void set_row(const uint8_t* base, int64_t rows, int64_t k, int64_t r, const uint8_t** w,
-                                        const __half** s) {
-  *w = base + r * row_bytes(D, k);
-  *s = reinterpret_cast<const __half*>(base + rows * row_bytes(D, k)) + r * (k / 32);
-}
-
-// Values per 16-byte chunk of a row: q4 32, q8 16, f16/bf16 8, f32 4.
-template <DType D>
-constexpr int kChunkValues = D == DType::q4 ? 32 : D == DType::q8 ? 16 : D == DType::f32 ? 4 : 8;
-
-// Whole 16-byte chunks per row.
-template <DType D>
-__device__ __forceinline__ int chunk_count(int64_t k) {
-  return static_cast<int>(k / kChunkValues<D>);
-}
-
-// What a lane reads of the weights for chunk c of R rows: the 16 bytes and the raw f16
-// scale bits (q4: the half2 of its two 16-value runs; q8: the chunk's block scale in the
-// low half). Raw bits keep the batches' registers few.
-template <int R>
-struct Chunk {
-  uint4 w[R];
-  uint32_t s[R];
-};
-
-template <DType D, int R>
-__device__ __forceinline__ Chunk<R> load_chunk(const RowSet<R>& rs, int c) {
-  Chunk<R> ch;
-#pragma unroll
-  for (int i = 0; i < R; ++i) {
-    ch.w[i] = load_stream(rs.w[i] + static_cast<int64_t>(c) * 16);
-    if constexpr (D == DType::q4) ch.s[i] = *reinterpret_cast<const uint32_t*>(rs.s[i] + 2 * (c / 2));
-    else if constexpr (D == DType::q8) ch.s[i] = __half_as_ushort(rs.s[i][c / 2]);
-  }
-  return ch;
-}
-
-// Where a GEMV reads its activations: NT tokens' int8 records act_stride bytes apart at
-// xq (q8/q4 weights; quantize_acts), or their f32 rows, k floats apart, at x (float
-// weights). In global memory, or staged in shared memory by stage_acts.
-struct Acts {
-  const uint8_t* xq;
-  size_t act_stride;
-  const float* x;
-};
-
-template <DType D>
-constexpr bool kIntActs = D == DType::q4 || D == DType::q8;
-
-// Bytes of NT tokens' activations; the GEMVs stage them in shared memory when this is
-// at most kMaxStaged and a multiple of 16 (the host decides: staged_bytes).
-template <DType D>
-__host__ __device__ __forceinline__ size_t acts_bytes(int64_t k, int64_t nt, size_t act_stride) {
-  return static_cast<size_t>(nt) * (kIntActs<D> ? act_stride : static_cast<size_t>(k) * 4);
-}
-constexpr size_t kMaxStaged = 48 * 1024;
-
-// The whole block copies the activations into shared memory (cp.async, all in flight
-// at once) and waits for them: the dot products then read them from shared memory, not
-// through L1 from L2 (where the loads of each batch waited on L2 latency).
-template <DType D, int NT>
-__device__ __forceinline__ Acts stage_acts(const Acts& a, int64_t k, uint8_t* smem) {
-  const auto* src = kIntActs<D> ? a.xq : reinterpret_cast<const uint8_t*>(a.x);
-  const size_t bytes = acts_bytes<D>(k, NT, a.act_stride);
-  for (size_t i = threadIdx.x * size_t{16}; i < bytes; i += blockDim.x * size_t{16}) copy_async(smem + i, src + i, 16);
-  copy_async_wait();
-  __syncthreads();
-  if constexpr (kIntActs<D>) return {smem, a.act_stride, nullptr};
-  else return {nullptr, 0, reinterpret_cast<const float*>(smem)};
-}
-
-// acc[i][t] += chunk c of row i · the same elements of token t's activations.
-template <DType D, int R, int NT>
-__device__ __forceinline__ void dot_chunk(const Chunk<R>& ch, int c, int64_t k, const Acts& a, float (*acc)[NT]) {
-  const uint8_t* xq = a.xq;
-  const size_t act_stride = a.act_stride;
-  const float* x = a.x;
-  if constexpr (D == DType::q4) {
-    const int g = c / 2, h = c % 2;
-    const int lo_elem = 64 * g + 16 * h, hi_elem = lo_elem + 32;
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const ActView xa = act_view(xq, k, t, act_stride);
-      // The two runs' activations (q) and their residuals (r): x ≈ scale · (q + r/256).
-      const uint4 xl = *reinterpret_cast<const uint4*>(xa.q + lo_elem);
-      const uint4 xh = *reinterpret_cast<const uint4*>(xa.q + hi_elem);
-      const uint4 rl = *reinterpret_cast<const uint4*>(xa.lo + lo_elem);
-      const uint4 rh = *reinterpret_cast<const uint4*>(xa.lo + hi_elem);
-      const int sl = 8 * xa.sum16[lo_elem / 16], sh = 8 * xa.sum16[hi_elem / 16];  // 8 · Σ (256q + r)
-      const float xsl = xa.scale[2 * g] * (1.0f / 256.0f), xsh = xa.scale[2 * g + 1] * (1.0f / 256.0f);
-      const int xls[4] = {static_cast<int>(xl.x), static_cast<int>(xl.y), static_cast<int>(xl.z), static_cast<int>(xl.w)};
-      const int xhs[4] = {static_cast<int>(xh.x), static_cast<int>(xh.y), static_cast<int>(xh.z), static_cast<int>(xh.w)};
-      const int rls[4] = {static_cast<int>(rl.x), static_cast<int>(rl.y), static_cast<int>(rl.z), static_cast<int>(rl.w)};
-      const int rhs[4] = {static_cast<int>(rh.x), static_cast<int>(rh.y), static_cast<int>(rh.z), static_cast<int>(rh.w)};
-#pragma unroll
-      for (int i = 0; i < R; ++i) {
-        const uint32_t words[4] = {ch.w[i].x, ch.w[i].y, ch.w[i].z, ch.w[i].w};
-        int dl = 0, dh = 0, el = 0, eh = 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int nl = static_cast<int>(words[j] & 0x0f0f0f0fu), nh = static_cast<int>((words[j] >> 4) & 0x0f0f0f0fu);
-          dl = __dp4a(nl, xls[j], dl);
-          dh = __dp4a(nh, xhs[j], dh);
-          el = __dp4a(nl, rls[j], el);
-          eh = __dp4a(nh, rhs[j], eh);
-        }
-        const float2 sw = __half22float2(*reinterpret_cast<const __half2*>(&ch.s[i]));
-        acc[i][t] += static_cast<float>(256 * dl + el - sl) * sw.x * xsl +
-                     static_cast<float>(256 * dh + eh - sh) * sw.y * xsh;
-      }
-    }
-  } else if constexpr (D == DType::q8) {
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const ActView xa = act_view(xq, k, t, act_stride);
-      const uint4 xv = *reinterpret_cast<const uint4*>(xa.q + c * 16);
-      const uint4 xl = *reinterpret_cast<const uint4*>(xa.lo + c * 16);
-      const float xs = xa.scale[c / 2] * (1.0f / 256.0f);
-#pragma unroll
-      for (int i = 0; i < R; ++i) {  // 256 · Σ w·q + Σ w·lo
-        const uint4 q = ch.w[i];
-        int d = __dp4a(static_cast<int>(q.x), static_cast<int>(xv.x), 0);
-        d = __dp4a(static_cast<int>(q.y), static_cast<int>(xv.y), d);
-        d = __dp4a(static_cast<int>(q.z), static_cast<int>(xv.z), d);
-        d = __dp4a(static_cast<int>(q.w), static_cast<int>(xv.w), d) * 256;
-        d = __dp4a(static_cast<int>(q.x), static_cast<int>(xl.x), d);
-        d = __dp4a(static_cast<int>(q.y), static_cast<int>(xl.y), d);
-        d = __dp4a(static_cast<int>(q.z), static_cast<int>(xl.z), d);
-        d = __dp4a(static_cast<int>(q.w), static_cast<int>(xl.w), d);
-        acc[i][t] += static_cast<float>(d) * half_bits_to_float(static_cast<uint16_t>(ch.s[i])) * xs;
-      }
-    }
-  } else {
-    constexpr int kPer = kChunkValues<D>;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      float wf[kPer];
-      if constexpr (D == DType::f32) {
-        wf[0] = __uint_as_float(ch.w[i].x);
-        wf[1] = __uint_as_float(ch.w[i].y);
-        wf[2] = __uint_as_float(ch.w[i].z);
-        wf[3] = __uint_as_float(ch.w[i].w);
-      } else {
-        const uint32_t words[4] = {ch.w[i].x, ch.w[i].y, ch.w[i].z, ch.w[i].w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if constexpr (D == DType::f16) {
-            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
-            wf[2 * j] = f.x;
-            wf[2 * j + 1] = f.y;
-          } else {
-            wf[2 * j] = __uint_as_float(words[j] << 16);
-            wf[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
-          }
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const float* xr = x + t * k + static_cast<int64_t>(c) * kPer;
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[i][t] += wf[j] * xr[j];
-      }
-    }
-  }
 }
 
 // Lane partial sums of R rows against NT tokens: the lane takes 16-byte chunks lane,
@@ -463,21 +268,6 @@ void launch_gated(const DeviceMatrix& g, const DeviceMatrix& u, const Acts& a, f
   }
 }
 
-template <class F>
-void by_tokens(int64_t n, F&& f) {
-  switch (n) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    default: break;
-  }
-}
-
 // ---- dequantization for the GEMM ----------------------------------------------------
 
 // One thread per 16 bytes of quants: q4 -> 32 halves (two 16-element runs), q8 -> 16.
@@ -635,6 +425,7 @@ void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, f
 
 void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                 const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream) {
+  if (gemv_pipelined(w, y, bias, count, x, xq, n, accumulate, stream)) return;
   // Two rows per warp when every matrix has an even number of rows and enough of them
   // to fill the GPU (more bytes in flight per warp); one row otherwise.
   int64_t total = 0;
@@ -665,6 +456,7 @@ void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* cons
 
 void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n, float* out,
                 cudaStream_t stream) {
+  if (gemv_gated_pipelined(gate, up, x, xq, n, out, stream)) return;
   const Acts a{xq, act_bytes(gate.cols), x};
   by_tokens(n, [&](auto nt) { launch_gated<decltype(nt)::value>(gate, up, a, out, stream); });
 }
