@@ -54,6 +54,10 @@ struct Warps {
   static constexpr int threads = (consumers + 1) * kWarp;
 };
 
+// q8/q4 rows carry f16 block scales after all quants (one per 32 values).
+template <DType D>
+constexpr bool kScaled = D == DType::q4 || D == DType::q8;
+
 struct PipeTargets {
   const uint8_t* w[3];  // plain: up to three matrices of one input (q, k, v); gated: the gate
   const uint8_t* up;    // gated: the up matrix, rows as w[0]
@@ -74,11 +78,6 @@ struct PipeShape {
   uint32_t stage_bytes;
   uint32_t acts_smem;     // bytes of staged activations at the front of shared memory
 };
-
-// Bytes of `values` quants (q4, q8) or values (f16) of a row.
-__host__ __device__ __forceinline__ int64_t quant_bytes(DType d, int64_t values) {
-  return d == DType::q4 ? values / 2 : d == DType::q8 ? values : 2 * values;
-}
 
 // ---- mbarriers and bulk copies (PTX; sm_90) --------------------------------------------
 
@@ -189,7 +188,6 @@ template <DType D, bool kGated, int T>
 __device__ __forceinline__ void produce(const PipeTargets& tg, const PipeShape& sh, int64_t groups, uint8_t* stages,
                                         uint64_t* full, uint64_t* empty) {
   static_assert(T * (kGated ? 2 : 1) <= kWarp, "a lane per row and matrix");
-  constexpr bool kScaled = D == DType::q4 || D == DType::q8;
   const int lane = threadIdx.x % kWarp;
   const uint64_t policy = evict_first_policy();
   const int64_t k = sh.k;
@@ -200,7 +198,7 @@ __device__ __forceinline__ void produce(const PipeTargets& tg, const PipeShape& 
       const int s = it % sh.stages;
       if (it >= sh.stages) mbar_wait(&empty[s], ((it / sh.stages) & 1) ^ 1);
       const int64_t k0 = p * sh.piece, values = min(sh.piece, k - k0);
-      const auto qb = static_cast<uint32_t>(quant_bytes(D, values)), sb = kScaled ? static_cast<uint32_t>(values / 16) : 0u;
+      const auto qb = static_cast<uint32_t>(row_bytes(D, values)), sb = kScaled<D> ? static_cast<uint32_t>(values / 16) : 0u;
       constexpr int parts = kGated ? 2 : 1;
       if (lane == 0) mbar_arrive_expect(&full[s], static_cast<uint32_t>(parts * grp.count) * (qb + sb));
       __syncwarp();
@@ -211,9 +209,9 @@ __device__ __forceinline__ void produce(const PipeTargets& tg, const PipeShape& 
           const uint8_t* base = lane == 0 ? tg.w[grp.m] : tg.up;
           uint8_t* part = stage_part<T>(stages + static_cast<size_t>(s) * sh.stage_bytes, sh, lane);
           const auto count = static_cast<uint32_t>(grp.count);
-          bulk_copy(part, base + grp.first * quant_bytes(D, k), count * qb, &full[s], policy);
-          if constexpr (kScaled)
-            bulk_copy(part + T * sh.quant_stride, base + tg.rows[grp.m] * quant_bytes(D, k) + grp.first * (k / 16),
+          bulk_copy(part, base + grp.first * row_bytes(D, k), count * qb, &full[s], policy);
+          if constexpr (kScaled<D>)
+            bulk_copy(part + T * sh.quant_stride, base + tg.rows[grp.m] * row_bytes(D, k) + grp.first * (k / 16),
                       count * sb, &full[s], policy);
         }
         continue;
@@ -223,10 +221,10 @@ __device__ __forceinline__ void produce(const PipeTargets& tg, const PipeShape& 
         const uint8_t* base = j == 0 ? tg.w[grp.m] : tg.up;
         const int64_t r = grp.first + i;
         uint8_t* part = stage_part<T>(stages + static_cast<size_t>(s) * sh.stage_bytes, sh, j);
-        bulk_copy(part + i * sh.quant_stride, base + r * quant_bytes(D, k) + quant_bytes(D, k0), qb, &full[s], policy);
-        if constexpr (kScaled)
+        bulk_copy(part + i * sh.quant_stride, base + r * row_bytes(D, k) + row_bytes(D, k0), qb, &full[s], policy);
+        if constexpr (kScaled<D>)
           bulk_copy(part + T * sh.quant_stride + i * sh.scale_stride,
-                    base + tg.rows[grp.m] * quant_bytes(D, k) + r * (k / 16) + k0 / 16, sb, &full[s], policy);
+                    base + tg.rows[grp.m] * row_bytes(D, k) + r * (k / 16) + k0 / 16, sb, &full[s], policy);
       }
     }
   }
@@ -249,7 +247,6 @@ __global__ void __launch_bounds__(Warps<kGated, kCached>::threads, 1)
   using W = Warps<kGated, kCached>;
   constexpr int T = W::group;
   constexpr int R = W::rows;
-  constexpr bool kScaled = D == DType::q4 || D == DType::q8;
   auto* full = reinterpret_cast<uint64_t*>(smem);
   uint64_t* empty = full + kMaxStages;
   uint8_t* staged_acts = smem + 2 * kMaxStages * sizeof(uint64_t);
@@ -316,7 +313,7 @@ __global__ void __launch_bounds__(Warps<kGated, kCached>::threads, 1)
         const int j = kGated ? i : 0, row = kGated ? row0 : row0 + i;
         const uint8_t* part = stage_part<T>(stage, sh, j);
         rs.w[i] = part + row * sh.quant_stride;
-        rs.s[i] = kScaled ? reinterpret_cast<const __half*>(part + T * sh.quant_stride + row * sh.scale_stride) : nullptr;
+        rs.s[i] = kScaled<D> ? reinterpret_cast<const __half*>(part + T * sh.quant_stride + row * sh.scale_stride) : nullptr;
       }
       const int64_t k0 = p * sh.piece;
       const int c0 = static_cast<int>(k0 / kChunkValues<D>);
@@ -367,24 +364,6 @@ __global__ void __launch_bounds__(Warps<kGated, kCached>::threads, 1)
   }
 }
 
-struct DeviceLimits {
-  int sms = 0, major = 0;
-  size_t smem_optin = 0;
-};
-
-const DeviceLimits& device_limits() {
-  static const DeviceLimits limits = [] {
-    DeviceLimits l;
-    int device = 0, v = 0;
-    cudaGetDevice(&device);
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.major = v;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess)
-      l.smem_optin = static_cast<size_t>(v);
-    return l;
-  }();
-  return limits;
-}
 
 // The pieces and stages for rows of k values of type D; false when the activations and
 // two stages do not fit in shared memory. Whole rows per stage where two such stages
@@ -392,7 +371,6 @@ const DeviceLimits& device_limits() {
 template <DType D, bool kGated, bool kCached>
 bool plan_pipeline(int64_t k, int64_t nt, size_t act_stride, PipeShape* sh) {
   constexpr int rows = Warps<kGated, kCached>::group * (kGated ? 2 : 1);  // rows of all parts in a stage
-  constexpr bool kScaled = D == DType::q4 || D == DType::q8;
   sh->k = k;
   sh->acts_smem = static_cast<uint32_t>((acts_bytes<D>(k, nt, act_stride) + 127) / 128 * 128);
   const size_t fixed = 2 * kMaxStages * sizeof(uint64_t) + sh->acts_smem;
@@ -402,8 +380,8 @@ bool plan_pipeline(int64_t k, int64_t nt, size_t act_stride, PipeShape* sh) {
   for (sh->pieces = 1; sh->pieces <= 64; ++sh->pieces) {
     sh->piece = ((k + sh->pieces - 1) / sh->pieces + kPieceAlign - 1) / kPieceAlign * kPieceAlign;
     if ((k + sh->piece - 1) / sh->piece != sh->pieces) continue;  // rounding left a piece empty
-    sh->quant_stride = static_cast<uint32_t>(quant_bytes(D, sh->piece));
-    sh->scale_stride = kScaled ? static_cast<uint32_t>(sh->piece / 16) : 0u;
+    sh->quant_stride = static_cast<uint32_t>(row_bytes(D, sh->piece));
+    sh->scale_stride = kScaled<D> ? static_cast<uint32_t>(sh->piece / 16) : 0u;
     sh->stage_bytes = (static_cast<uint32_t>(rows) * (sh->quant_stride + sh->scale_stride) + 127) / 128 * 128;
     if (2 * size_t{sh->stage_bytes} <= room) break;
   }
@@ -458,6 +436,12 @@ bool launch_pipelined(DType dtype, int64_t n, const PipeTargets& tg, int64_t k, 
   return done;
 }
 
+// KVANT_CUDA_GEMV=streaming starts with the switch off (measurements of both paths).
+std::atomic<bool> pipelined_enabled{[] {
+  const char* v = std::getenv("KVANT_CUDA_GEMV");
+  return !(v && std::string_view(v) == "streaming");
+}()};
+
 // Whether the pipelined kernels take these matrices: an sm_90 device, q8/f16 weights of
 // one type and row length, k a multiple of kPieceAlign, 16-byte aligned data.
 //
@@ -473,7 +457,7 @@ bool launch_pipelined(DType dtype, int64_t n, const PipeTargets& tg, int64_t k, 
 // consumer warps reading activations from shared memory, 8 or 15 keeping them in
 // registers).
 bool pipelinable(const DeviceMatrix* const* w, int count, int64_t n) {
-  if (pipelined_gemv_disabled() || device_limits().major < 9 || n < 1 || n > kMaxGemvTokens) return false;
+  if (!pipelined_enabled || device_limits().major < 9 || n < 1 || n > kMaxGemvTokens) return false;
   const DType d = w[0]->dtype;
   if (d != DType::q8 && d != DType::f16) return false;
   for (int i = 0; i < count; ++i)
@@ -483,16 +467,9 @@ bool pipelinable(const DeviceMatrix* const* w, int count, int64_t n) {
   return true;
 }
 
-// KVANT_CUDA_GEMV=streaming starts with the switch off (measurements of both paths).
-std::atomic<bool> pipelined_enabled{[] {
-  const char* v = std::getenv("KVANT_CUDA_GEMV");
-  return !(v && std::string_view(v) == "streaming");
-}()};
-
 }  // namespace
 
 void set_pipelined_gemv(bool enabled) { pipelined_enabled = enabled; }
-bool pipelined_gemv_disabled() { return !pipelined_enabled; }
 
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                     const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream) {

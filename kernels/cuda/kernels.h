@@ -103,16 +103,15 @@ void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x
 // The decode GEMVs above take the copy pipeline (gemv_pipelined.cu) where it applies:
 // an sm_90 GPU, q8/f16 weights with rows a multiple of 256 long, activations and two
 // stages in shared memory; the register-streaming kernels take the rest (q4 weights
-// among them: why is in gemv_pipelined.cu). These are
-// those two paths (each returns false, launching nothing, where it does not apply), and
-// a switch that sends every GEMV to the register-streaming kernels (tests compare both
-// paths against the CPU; measurements compare their speed).
+// among them: why is in gemv_pipelined.cu). The pipelined paths return false, launching
+// nothing, where they do not apply. set_pipelined_gemv(false) sends every GEMV to the
+// register-streaming kernels (tests compare both paths against the CPU; the variable
+// KVANT_CUDA_GEMV=streaming starts a process that way, for measurements).
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                     const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream);
 bool gemv_gated_pipelined(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n,
                           float* out, cudaStream_t stream);
 void set_pipelined_gemv(bool enabled);
-bool pipelined_gemv_disabled();
 
 // Prefill GEMM through cuBLAS tensor cores: quantized weights are first dequantized to
 // f16 into a scratch buffer, activations converted to f16 (bf16 for bf16 weights); f32

@@ -204,12 +204,7 @@ unsigned gemv_grid(Kernel kernel, int64_t blocks, size_t smem) {
   if constexpr (!kPersistent<D>) {
     return static_cast<unsigned>(blocks);
   } else {
-    static const int sms = [] {
-      int device = 0, n = 0;
-      cudaGetDevice(&device);
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-      return n > 0 ? n : 1;
-    }();
+    const int sms = std::max(device_limits().sms, 1);
     int per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
     return static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{per_sm} * sms));
