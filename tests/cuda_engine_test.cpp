@@ -329,8 +329,11 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
   struct Case {
     int64_t heads, kv_heads, hd, n, context;
   };
-  const Case cases[] = {{4, 2, 16, 1, 40}, {9, 3, 64, 1, 300}, {32, 8, 64, 5, 600}, {8, 8, 128, 20, 90},
-                        {32, 8, 64, 100, 130}, {4, 1, 128, 65, 65}};
+  // One query head per KV head with hd 96, 128 and 256 (q8 rows: several positions side by
+  // side in a warp, 6, 8 and 16 lanes each), and GQA.
+  const Case cases[] = {{4, 2, 16, 1, 40},    {9, 3, 64, 1, 300},    {32, 8, 64, 5, 600}, {8, 8, 128, 20, 90},
+                        {32, 8, 64, 100, 130}, {4, 1, 128, 65, 65}, {8, 8, 128, 3, 300}, {3, 3, 96, 2, 130},
+                        {2, 2, 256, 1, 200}};
   for (KvType type : {KvType::f32, KvType::f16, KvType::q8, KvType::q4}) {
     for (const Case c : cases) {
       const KvLayout L{type, 1, static_cast<uint32_t>(c.kv_heads), static_cast<uint32_t>(c.hd), kPageTokens};
@@ -370,7 +373,10 @@ TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
                            L.key_offsets() ? reinterpret_cast<const uint16_t*>(region + L.offset_row_offset()) : nullptr);
           if (cpu::kv_rotated(type, c.hd)) cpu::hadamard(row.data(), c.hd);
           const std::vector<float> want(k.begin() + p * kv_dim + g * c.hd, k.begin() + p * kv_dim + (g + 1) * c.hd);
-          const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : 0.25;
+          // q4: one scale per row; rows of a power-of-two length are rotated first (spreading
+          // outliers), others (hd 96) are not and err more.
+          const double q4_bound = cpu::kv_rotated(type, c.hd) ? 0.25 : 0.4;
+          const double bound = type == KvType::f32 ? 1e-7 : type == KvType::f16 ? 1e-3 : type == KvType::q8 ? 1e-2 : q4_bound;
           EXPECT_LT(rel_error(row, want), bound) << kv_type_name(type) << " hd " << c.hd;
         }
       // Attention of the last n positions as queries.

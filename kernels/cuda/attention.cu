@@ -71,8 +71,20 @@ __device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, floa
       for (int e = 0; e < E; ++e) x[e] = __half2float(reinterpret_cast<const __half*>(row)[first + e]);
       return;
     case KvType::q8:
+      if constexpr (E % 4 == 0) {  // four quants per load (rows and lane offsets are multiples of 4 bytes)
 #pragma unroll
-      for (int e = 0; e < E; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
+        for (int e = 0; e < E; e += 4) {
+          // byte b + 128 in the mantissa of 2^23 (one byte permute), less 2^23 + 128: the
+          // integer-to-float conversion runs at a quarter of the rate on sm_90.
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(row + first + e) ^ 0x80808080u;
+#pragma unroll
+          for (int b = 0; b < 4; ++b)
+            x[e + b] = d * (__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + b)) - 8388736.0f);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
+      }
       return;
     case KvType::q4: {
       const bool high = lane >= ln.half;
@@ -84,6 +96,23 @@ __device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, floa
       }
       return;
     }
+  }
+}
+
+// The lane's EP raw quants of a q8 row in shared memory (EP a multiple of 16: 16-byte
+// loads; rows and lane offsets are multiples of 16 bytes), as floats, 0 for inactive lanes.
+template <int EP>
+__device__ __forceinline__ void decode_q8_row(const uint8_t* row, Lanes<EP> ln, int lane, float* x) {
+  static_assert(EP % 16 == 0);
+#pragma unroll
+  for (int c = 0; c < EP / 16; ++c) {
+    const uint4 v = lane < ln.active ? reinterpret_cast<const uint4*>(row + lane * EP)[c] : uint4{0u, 0u, 0u, 0u};
+    const uint32_t words[4] = {v.x ^ 0x80808080u, v.y ^ 0x80808080u, v.z ^ 0x80808080u, v.w ^ 0x80808080u};
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+      for (int b = 0; b < 4; ++b)
+        x[16 * c + 4 * w + b] = __uint_as_float(__byte_perm(words[w], 0x4B000000u, 0x7440u + b)) - 8388736.0f;
   }
 }
 
@@ -457,7 +486,32 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
 // (max, sum, unnormalized output) goes to scratch. The last split to finish (counted
 // with an atomic) merges all splits, rotates q4 results back, and writes the output: one
 // kernel per attention.
+//
+// P (> 1 for q8 rows and one query head per KV head): a warp takes P positions side by
+// side, each on 32 / P lanes, instead of spreading every position over the warp; see the
+// kernel. On the H200, llama2-7b with q4 weights at 4096 positions of q8 KV, this kernel
+// went from 42.3 to 31.4 us per layer in isolation (decode 320 -> 361 tok/s) with the
+// page-run staging, the scales folded out of the rows, byte-permute int8 conversion, P = 4
+// and 8 blocks per SM (bench/results/gpu-h200-2026-12-04.md).
 constexpr int kBatch = 4;
+
+// Sums each of v[0..3] over the warp, every lane getting all four: the first two rounds
+// halve the values a lane carries (lanes 16 apart swap halves, then lanes 8 apart), the
+// last three reduce one value, and four shuffles broadcast the sums: 10 shuffles where
+// four separate warp sums take 20.
+__device__ __forceinline__ void warp_sum4(float (&v)[4], int lane) {
+  const bool up16 = lane & 16, up8 = lane & 8;
+  float a = up16 ? v[2] : v[0], b = up16 ? v[3] : v[1];
+  a += __shfl_xor_sync(0xffffffffu, up16 ? v[0] : v[2], 16);
+  b += __shfl_xor_sync(0xffffffffu, up16 ? v[1] : v[3], 16);
+  float c = up8 ? b : a;  // value 2·up16 + up8
+  c += __shfl_xor_sync(0xffffffffu, up8 ? a : b, 8);
+  c += __shfl_xor_sync(0xffffffffu, c, 4);
+  c += __shfl_xor_sync(0xffffffffu, c, 2);
+  c += __shfl_xor_sync(0xffffffffu, c, 1);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = __shfl_sync(0xffffffffu, c, 8 * j);  // lane 8j holds value j
+}
 
 // Dynamic shared memory of a split block: the warps' accumulators [4][G][hd] floats, then
 // K and V rows [2][kSplit][row_bytes], then their scales [2][kSplit] halves, then (with
@@ -472,12 +526,14 @@ __host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout
 // kOffsets: the KV type has key offset rows (q4), a template parameter so that the
 // other types' kernels carry none of that code (with a runtime flag their decode at
 // 4096 positions ran 8% slower).
-template <int E, int G, bool kOffsets>
-__global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads,
-                                                           int n_kv_heads, int hd, const int32_t* positions,
-                                                           const int32_t* slots, int window, int max_splits, float scale,
-                                                           float* scratch, int* counters, float* out, uint8_t* out_q,
-                                                           size_t q_stride) {
+// P > 1 holds its registers to 64, 8 blocks per SM (its first version took 77, 6 blocks:
+// 33.8 -> 30.9 us per layer at 4096 positions once held); the others are left alone (held
+// to 64, the wide-head and GQA kernels spilled hundreds of bytes).
+template <int E, int G, bool kOffsets, int P>
+__global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
+    attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads, int n_kv_heads, int hd,
+                        const int32_t* positions, const int32_t* slots, int window, int max_splits, float scale,
+                        float* scratch, int* counters, float* out, uint8_t* out_q, size_t q_stride) {
   const int group = n_heads / n_kv_heads, sub = group / G;
   const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
   const int s = blockIdx.y;
@@ -504,24 +560,39 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
   uint8_t* rows = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
   __half* scales = reinterpret_cast<__half*>(rows + 2 * kSplit * rb);
   const int chunk = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : rb % 4 == 0 ? 4 : 1;
-  const int per_row = rb / chunk;
-  auto stage = [&](int64_t from, int64_t to) {  // positions [from, to) of the split
-    const int n = static_cast<int>(to - from), j0 = static_cast<int>(from - lo);
-    for (int idx = threadIdx.x; idx < 2 * n * per_row; idx += blockDim.x) {
-      const int kind = idx / (n * per_row), rest = idx % (n * per_row), j = j0 + rest / per_row, c = rest % per_row;
-      const int64_t p = lo + j;
-      const uint8_t* src = regs.at(p, kind) + (p % kPageTokens) * rb + c * chunk;
-      uint8_t* dst = rows + (kind * kSplit + j) * rb + c * chunk;
-      if (chunk >= 4) copy_async(dst, src, chunk);
-      else *dst = *src;
-    }
-    if (quantized)
-      for (int idx = threadIdx.x; idx < 2 * n; idx += blockDim.x) {
-        const int kind = idx / n, j = j0 + idx % n;
-        const int64_t p = lo + j;
-        const uint8_t* reg = regs.at(p, kind);
-        scales[kind * kSplit + j] = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset())[p % kPageTokens];
+  // Positions [from, to) of the split, page by page: a page's rows of one region are one
+  // contiguous run (and so are its scales), copied with consecutive threads on
+  // consecutive chunks. (Indexing every 16-byte copy by (kind, row, chunk) cost two
+  // divisions and a page-table read per copy: the decode attention issued an instruction
+  // every cycle and a half per scheduler, 42 us per layer at 4096 positions on the H200.)
+  auto stage = [&](int64_t from, int64_t to) {
+    for (int64_t p0 = from; p0 < to;) {
+      const int64_t p1 = min(to, (p0 / kPageTokens + 1) * kPageTokens);
+      const int n = static_cast<int>(p1 - p0), j0 = static_cast<int>(p0 - lo), slot0 = static_cast<int>(p0 % kPageTokens);
+      for (int kind = 0; kind < 2; ++kind) {
+        const uint8_t* reg = regs.at(p0, kind);
+        const uint8_t* src = reg + slot0 * rb;
+        uint8_t* dst = rows + (kind * kSplit + j0) * rb;
+        if (chunk >= 4) {
+          for (int off = threadIdx.x * chunk; off < n * rb; off += blockDim.x * chunk)
+            copy_async(dst + off, src + off, chunk);
+        } else {
+          for (int off = threadIdx.x; off < n * rb; off += blockDim.x) dst[off] = src[off];
+        }
+        if (quantized) {  // the run's scales: copied like the rows where both ends allow 4-byte copies
+          const __half* src_scales = reinterpret_cast<const __half*>(reg + kv.layout.scales_offset()) + slot0;
+          __half* dst_scales = scales + kind * kSplit + j0;
+          if (n % 2 == 0 && reinterpret_cast<uintptr_t>(src_scales) % 4 == 0 &&
+              reinterpret_cast<uintptr_t>(dst_scales) % 4 == 0) {
+            for (int i = 2 * static_cast<int>(threadIdx.x); i < n; i += 2 * blockDim.x)
+              copy_async(dst_scales + i, src_scales + i, 4);
+          } else {
+            for (int i = threadIdx.x; i < n; i += blockDim.x) dst_scales[i] = src_scales[i];
+          }
+        }
       }
+      p0 = p1;
+    }
   };
   // Rows more than n_tokens - 1 positions before this token's are not written by this
   // batch's KV store (it writes at most n_tokens rows of a sequence, ending at or after
@@ -545,74 +616,131 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
                    ochunk);
     }
   }
-  float qv[G][E];
+  // A warp takes P positions at a time (P > 1: q8 rows, no rotation), each on kWarp / P
+  // lanes of EP = E · P elements (group grp, lane sl in it); with P = 1 a position is
+  // spread over the whole warp.
+  constexpr int EP = E * P, kGroupLanes = kWarp / P;
+  const int grp = lane / kGroupLanes, sl = lane % kGroupLanes;
+  const Lanes<EP> lnp = lanes_for<EP>(hd);
+  float qv[G][EP];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
 #pragma unroll
-    for (int e = 0; e < E; ++e) qv[i][e] = lane < ln.active ? q[(t * n_heads + h0 + i) * hd + lane * E + e] : 0.0f;
-    if (rot) warp_hadamard<E>(qv[i], hd, lane);
+    for (int e = 0; e < EP; ++e) qv[i][e] = sl < lnp.active ? q[(t * n_heads + h0 + i) * hd + sl * EP + e] : 0.0f;
+    if constexpr (P == 1)
+      if (rot) warp_hadamard<E>(qv[i], hd, lane);
   }
-  float m[G], l[G], acc[G][E];
+  float m[G], l[G], acc[G][EP];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
     m[i] = -INFINITY;
     l[i] = 0.0f;
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[i][e] = 0.0f;
+    for (int e = 0; e < EP; ++e) acc[i][e] = 0.0f;
   }
   copy_async_wait();
   __syncthreads();
-  for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
-    float kf[kBatch][E], vf[kBatch][E];
+  if constexpr (P > 1) {
+    static_assert(G == 1, "positions side by side take one query head");
+    // Position base + grp per step: its score summed over the group's lanes (log2(32/P)
+    // shuffles, where spreading it over the warp took five per position), the softmax
+    // maximum over the warp's P positions, and each group's own share of l and acc,
+    // added over the groups after the loop. q8 rows: one 16-byte load per lane and row.
+    // (Scoring the whole split first, then weighting the values against its maximum,
+    // measured slower: 32.9 against 30.9 us per layer at 4096 positions.)
+    for (int64_t base = lo + warp * P; base < hi; base += 4 * P) {
+      const int64_t pos = base + grp;
+      const int ri = static_cast<int>(min(pos, hi - 1) - lo);
+      const float dk = __half2float(scales[ri]), dv = __half2float(scales[kSplit + ri]);
+      float kf[EP], vf[EP];
+      decode_q8_row<EP>(rows + ri * rb, lnp, sl, kf);
+      decode_q8_row<EP>(rows + (kSplit + ri) * rb, lnp, sl, vf);
+      float d = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
-      const float dk = quantized ? __half2float(scales[ri]) : 0.0f;
-      const float dv = quantized ? __half2float(scales[kSplit + ri]) : 0.0f;
-      decode_row<E>(type, rows + ri * rb, dk, ln, lane, kf[j]);
-      decode_row<E>(type, rows + (kSplit + ri) * rb, dv, ln, lane, vf[j]);
-      if (kOffsets && lane < ln.active) {
-        const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
+      for (int e = 0; e < EP; ++e) d += qv[0][e] * kf[e];
 #pragma unroll
-        for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
+      for (int o = kGroupLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      const float sc = pos < hi ? d * dk * scale : -INFINITY;
+      float mx = fmaxf(m[0], sc);
+#pragma unroll
+      for (int o = kGroupLanes; o < kWarp; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      if (mx > m[0]) {  // the running maximum moved (the same in every lane): rescale
+        const float corr = expf(m[0] - mx);
+        l[0] *= corr;
+#pragma unroll
+        for (int e = 0; e < EP; ++e) acc[0][e] *= corr;
+        m[0] = mx;
       }
+      const float pe = expf(sc - mx);
+      l[0] += pe;
+      const float pv = pe * dv;
+#pragma unroll
+      for (int e = 0; e < EP; ++e) acc[0][e] += pv * vf[e];
     }
 #pragma unroll
-    for (int i = 0; i < G; ++i) {
-      float sc[kBatch];
+    for (int i = 0; i < G; ++i)
+#pragma unroll
+      for (int o = kGroupLanes; o < kWarp; o <<= 1) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], o);
+#pragma unroll
+        for (int e = 0; e < EP; ++e) acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], o);
+      }
+  } else {
+    // Quantized rows are decoded without their scales (d = 1; q4 keys excepted: their
+    // offset rows are in real units): the key's scale multiplies its score, the value's
+    // its weight, once per position instead of once per element.
+    const bool fold = quantized && !kOffsets;
+    for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
+      float kf[kBatch][E], vf[kBatch][E], dk[kBatch], dv[kBatch];
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
-        float d = 0.0f;
+        const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
+        dk[j] = quantized ? __half2float(scales[ri]) : 1.0f;
+        dv[j] = quantized ? __half2float(scales[kSplit + ri]) : 1.0f;
+        decode_row<E>(type, rows + ri * rb, fold ? 1.0f : dk[j], ln, lane, kf[j]);
+        decode_row<E>(type, rows + (kSplit + ri) * rb, 1.0f, ln, lane, vf[j]);
+        if (!fold) dk[j] = 1.0f;
+        if (kOffsets && lane < ln.active) {
+          const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
 #pragma unroll
-        for (int e = 0; e < E; ++e) d += qv[i][e] * kf[j][e];
-        sc[j] = d;
+          for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
+        }
       }
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
+      for (int i = 0; i < G; ++i) {
+        float sc[kBatch];
 #pragma unroll
-        for (int j = 0; j < kBatch; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
-      float mx = m[i];
+        for (int j = 0; j < kBatch; ++j) {
+          float d = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        sc[j] = base + j < hi ? sc[j] * scale : -INFINITY;
-        mx = fmaxf(mx, sc[j]);
+          for (int e = 0; e < E; ++e) d += qv[i][e] * kf[j][e];
+          sc[j] = d;
+        }
+        warp_sum4(sc, lane);
+        float mx = m[i];
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          sc[j] = base + j < hi ? sc[j] * dk[j] * scale : -INFINITY;
+          mx = fmaxf(mx, sc[j]);
+        }
+        const float corr = expf(m[i] - mx);
+        float pe[kBatch], sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          pe[j] = expf(sc[j] - mx);
+          sum += pe[j];
+          pe[j] *= dv[j];
+        }
+        l[i] = l[i] * corr + sum;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          float a = acc[i][e] * corr;
+#pragma unroll
+          for (int j = 0; j < kBatch; ++j) a += pe[j] * vf[j][e];
+          acc[i][e] = a;
+        }
+        m[i] = mx;
       }
-      const float corr = expf(m[i] - mx);
-      float pe[kBatch], sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        pe[j] = expf(sc[j] - mx);
-        sum += pe[j];
-      }
-      l[i] = l[i] * corr + sum;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        float a = acc[i][e] * corr;
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) a += pe[j] * vf[j][e];
-        acc[i][e] = a;
-      }
-      m[i] = mx;
     }
   }
 #pragma unroll
@@ -621,9 +749,9 @@ __global__ void __launch_bounds__(128) attend_split_kernel(DeviceKv kv, uint32_t
       sm_m[warp][i] = m[i];
       sm_l[warp][i] = l[i];
     }
-    if (lane < ln.active)
+    if (grp == 0 && sl < lnp.active)
 #pragma unroll
-      for (int e = 0; e < E; ++e) sm_acc[(warp * G + i) * hd + lane * E + e] = acc[i][e];
+      for (int e = 0; e < EP; ++e) sm_acc[(warp * G + i) * hd + sl * EP + e] = acc[i][e];
   }
   __syncthreads();
   // The block's partial: scratch[t][head][s] = (max, sum, acc[hd]).
@@ -1080,7 +1208,14 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
                   static_cast<unsigned>(n_tokens));
   const size_t smem = split_smem_bytes(G, hd, kv.layout);
-  const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true> : attend_split_kernel<E, G, false>;
+  // Positions side by side in a warp (attend_split_kernel's P): q8 rows of one query head
+  // per KV head, 16 quants per lane. (Other types keep P = 1: f16 rows side by side would
+  // meet bank conflicts, q4 keys carry offset rows and a rotation across the warp.)
+  constexpr int kP = G == 1 && E == 4 ? 4 : G == 1 && E == 8 ? 2 : 1;
+  const bool side_by_side = kP > 1 && kv.layout.type == KvType::q8 && hd % (E * kP) == 0;
+  const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true, 1>
+                      : side_by_side          ? attend_split_kernel<E, G, false, kP>
+                                              : attend_split_kernel<E, G, false, 1>;
   if (smem > 48 * 1024)  // over the default limit (f32 KV, wide heads): asked for explicitly
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   launch(kernel, grid, 128, smem, stream,

@@ -455,7 +455,9 @@ std::atomic<bool> pipelined_enabled{[] {
 // the output projection, slower for the down projection (14.7 against 12.5); in the
 // decode graph 5% slower overall (448 against 473 tok/s) in every variant tried (8
 // consumer warps reading activations from shared memory, 8 or 15 keeping them in
-// registers).
+// registers). A q4 GEMV on the int8 tensor cores (mma.sync m16n8k32, ~90 instructions
+// per KB of weights) was 3.5% slower than the streaming kernels too: it left issue-bound
+// for latency-bound (bench/results/gpu-h200-2026-12-04.md).
 bool pipelinable(const DeviceMatrix* const* w, int count, int64_t n) {
   if (!pipelined_enabled || device_limits().major < 9 || n < 1 || n > kMaxGemvTokens) return false;
   const DType d = w[0]->dtype;
