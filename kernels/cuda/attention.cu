@@ -52,6 +52,15 @@ __device__ __forceinline__ Regions regions_of(const DeviceKv& kv, int slot, uint
           {kv.layout.region_offset(layer, 0, head), kv.layout.region_offset(layer, 1, head)}};
 }
 
+// Four int8 quants packed in a word, times d: byte b + 128 in the mantissa of 2^23 (one
+// byte permute), less 2^23 + 128 (the integer-to-float conversion runs at a quarter of
+// the rate on sm_90).
+__device__ __forceinline__ void int8x4_to_floats(uint32_t w, float d, float* x) {
+  w ^= 0x80808080u;
+#pragma unroll
+  for (int b = 0; b < 4; ++b) x[b] = d * (__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + b)) - 8388736.0f);
+}
+
 // The lane's elements of one row at `row` (scale d for q8 and q4; 0 for inactive lanes).
 template <int E>
 __device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, float d, Lanes<E> ln, int lane, float* x) {
@@ -73,14 +82,7 @@ __device__ __forceinline__ void decode_row(KvType type, const uint8_t* row, floa
     case KvType::q8:
       if constexpr (E % 4 == 0) {  // four quants per load (rows and lane offsets are multiples of 4 bytes)
 #pragma unroll
-        for (int e = 0; e < E; e += 4) {
-          // byte b + 128 in the mantissa of 2^23 (one byte permute), less 2^23 + 128: the
-          // integer-to-float conversion runs at a quarter of the rate on sm_90.
-          const uint32_t w = *reinterpret_cast<const uint32_t*>(row + first + e) ^ 0x80808080u;
-#pragma unroll
-          for (int b = 0; b < 4; ++b)
-            x[e + b] = d * (__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + b)) - 8388736.0f);
-        }
+        for (int e = 0; e < E; e += 4) int8x4_to_floats(*reinterpret_cast<const uint32_t*>(row + first + e), d, x + e);
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e) x[e] = d * static_cast<float>(reinterpret_cast<const int8_t*>(row)[first + e]);
@@ -107,12 +109,10 @@ __device__ __forceinline__ void decode_q8_row(const uint8_t* row, Lanes<EP> ln, 
 #pragma unroll
   for (int c = 0; c < EP / 16; ++c) {
     const uint4 v = lane < ln.active ? reinterpret_cast<const uint4*>(row + lane * EP)[c] : uint4{0u, 0u, 0u, 0u};
-    const uint32_t words[4] = {v.x ^ 0x80808080u, v.y ^ 0x80808080u, v.z ^ 0x80808080u, v.w ^ 0x80808080u};
-#pragma unroll
-    for (int w = 0; w < 4; ++w)
-#pragma unroll
-      for (int b = 0; b < 4; ++b)
-        x[16 * c + 4 * w + b] = __uint_as_float(__byte_perm(words[w], 0x4B000000u, 0x7440u + b)) - 8388736.0f;
+    int8x4_to_floats(v.x, 1.0f, x + 16 * c);
+    int8x4_to_floats(v.y, 1.0f, x + 16 * c + 4);
+    int8x4_to_floats(v.z, 1.0f, x + 16 * c + 8);
+    int8x4_to_floats(v.w, 1.0f, x + 16 * c + 12);
   }
 }
 
@@ -678,18 +678,15 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
       for (int e = 0; e < EP; ++e) acc[0][e] += pv * vf[e];
     }
 #pragma unroll
-    for (int i = 0; i < G; ++i)
+    for (int o = kGroupLanes; o < kWarp; o <<= 1) {  // the groups' shares
+      l[0] += __shfl_xor_sync(0xffffffffu, l[0], o);
 #pragma unroll
-      for (int o = kGroupLanes; o < kWarp; o <<= 1) {
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], o);
-#pragma unroll
-        for (int e = 0; e < EP; ++e) acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], o);
-      }
+      for (int e = 0; e < EP; ++e) acc[0][e] += __shfl_xor_sync(0xffffffffu, acc[0][e], o);
+    }
   } else {
     // Quantized rows are decoded without their scales (d = 1; q4 keys excepted: their
     // offset rows are in real units): the key's scale multiplies its score, the value's
     // its weight, once per position instead of once per element.
-    const bool fold = quantized && !kOffsets;
     for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
       float kf[kBatch][E], vf[kBatch][E], dk[kBatch], dv[kBatch];
 #pragma unroll
@@ -697,9 +694,9 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
         const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
         dk[j] = quantized ? __half2float(scales[ri]) : 1.0f;
         dv[j] = quantized ? __half2float(scales[kSplit + ri]) : 1.0f;
-        decode_row<E>(type, rows + ri * rb, fold ? 1.0f : dk[j], ln, lane, kf[j]);
+        decode_row<E>(type, rows + ri * rb, kOffsets ? dk[j] : 1.0f, ln, lane, kf[j]);
         decode_row<E>(type, rows + (kSplit + ri) * rb, 1.0f, ln, lane, vf[j]);
-        if (!fold) dk[j] = 1.0f;
+        if (kOffsets) dk[j] = 1.0f;  // applied in the decode
         if (kOffsets && lane < ln.active) {
           const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
 #pragma unroll
