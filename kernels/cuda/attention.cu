@@ -768,17 +768,22 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
     }
     partial(i, s)[d] = value;
   }
-  // The last of the splits merges them.
-  __threadfence();
+  // The last of the splits merges them. Thread 0's count is an acquire-release atomic:
+  // as a release it publishes every thread's partial (the barrier orders them before
+  // it), as an acquire it lets the last block read the others' (the barrier after it
+  // orders the reads; it also drops the SM's L1 lines, which may hold a previous
+  // launch's partials). That is one MEMBAR.ALL.GPU per block where __threadfence()
+  // before and after the count made every warp wait on a MEMBAR.SC.GPU, twice.
   __syncthreads();
   if (threadIdx.x == 0) {
     int* counter = counters + t * gridDim.x + blockIdx.x;
-    sm_last = atomicAdd(counter, 1) == splits - 1;
+    int before;
+    asm volatile("atom.acq_rel.gpu.add.s32 %0, [%1], 1;" : "=r"(before) : "l"(counter) : "memory");
+    sm_last = before == splits - 1;
     if (sm_last) *counter = 0;  // ready for the next launch
   }
   __syncthreads();
   if (!sm_last) return;
-  __threadfence();
   // The merge runs over all splits with the whole block: the splits' maxima and sums
   // one split per thread, the outputs one split per warp at a time with the loads of
   // several splits in flight. (A single warp walking the splits one by one waited on L2
