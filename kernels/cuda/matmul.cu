@@ -129,6 +129,14 @@ __device__ __forceinline__ void for_groups(int64_t groups, Group&& group) {
   }
 }
 
+// Element m of one of GemvTargets' arrays, chosen without indexing it: indexed with a
+// runtime m, the kernel copied all of its GemvTargets parameter to local memory (128
+// bytes per thread at the start) and read the fields back from there.
+template <class T>
+__device__ __forceinline__ T pick(const T (&a)[3], int m) {
+  return m == 0 ? a[0] : m == 1 ? a[1] : a[2];
+}
+
 // R rows per warp (gemv_multi picks R); row_dot waits for the kernel before.
 // Blocks per SM the compiler must fit: the q8 GEMV takes 137 registers left alone (3
 // blocks per SM); held to 128 (4 blocks) q8 decode went 286 -> 292 tok/s on the H100 (to
@@ -141,12 +149,13 @@ template <DType D, int R, int NT, bool kStaged>
 __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
-  for_groups<D>(tg.block_end[tg.count - 1], [&](int64_t b, bool first_group) {
+  for_groups<D>(pick(tg.block_end, tg.count - 1), [&](int64_t b, bool first_group) {
     int m = 0;
-    while (m + 1 < tg.count && b >= tg.block_end[m]) ++m;
-    const int64_t first = m == 0 ? 0 : tg.block_end[m - 1];
+    while (m + 1 < tg.count && b >= pick(tg.block_end, m)) ++m;
+    const int64_t first = m == 0 ? 0 : m == 1 ? tg.block_end[0] : tg.block_end[1];
     const int64_t row = ((b - first) * 4 + threadIdx.x / kWarp) * R;
-    const bool active = row < tg.rows[m];  // rows are a multiple of R (checked on the host)
+    const int64_t rows = pick(tg.rows, m);
+    const bool active = row < rows;  // rows are a multiple of R (checked on the host)
     float acc[R][NT];
 #pragma unroll
     for (int i = 0; i < R; ++i)
@@ -154,17 +163,17 @@ __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTarget
       for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
     RowSet<R> rs;
 #pragma unroll
-    for (int i = 0; i < R; ++i) set_row<D>(tg.w[m], tg.rows[m], k, active ? row + i : 0, &rs.w[i], &rs.s[i]);
+    for (int i = 0; i < R; ++i) set_row<D>(pick(tg.w, m), rows, k, active ? row + i : 0, &rs.w[i], &rs.s[i]);
     row_dot<D, R, NT, kStaged>(rs, k, active, first_group, acts, staged, acc);
     if (!active) return;
-    const int64_t ldy = tg.rows[m];
+    const float* bias = pick(tg.bias, m);
 #pragma unroll
     for (int i = 0; i < R; ++i)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         float v = warp_sum(acc[i][t]);
-        if (tg.bias[m]) v += tg.bias[m][row + i];
-        float* y = tg.y[m] + t * ldy + row + i;
+        if (bias) v += bias[row + i];
+        float* y = pick(tg.y, m) + t * rows + row + i;
         if (lane == 0) *y = accumulate ? *y + v : v;
       }
   });
