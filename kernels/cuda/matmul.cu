@@ -179,9 +179,13 @@ __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTarget
   });
 }
 
-// out[t][r] = silu(G[r] · x_t) · (U[r] · x_t): one warp computes both rows.
+// out[t][r] = silu(G[r] · x_t) · (U[r] · x_t): one warp computes both rows. q4, one
+// token: held to 5 blocks per SM (90 registers; 110 left alone, 4 blocks per SM). More
+// tokens keep no minimum (held to 5 blocks, they spilled 8-24 bytes).
+template <DType D, int NT>
+constexpr int kGatedMinBlocks = D == DType::q4 && NT == 1 ? 5 : 0;
 template <DType D, int NT, bool kStaged>
-__global__ void __launch_bounds__(128) gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k,
+__global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>) gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k,
                                                          Acts acts, float* out) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
