@@ -5,6 +5,8 @@
 // holds elements j and j + hd/2), lanes below A/2 read the low nibbles of bytes
 // [l·E, l·E + E) and lanes above read the high nibbles of the same bytes.
 
+#include <cuda/atomic>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
@@ -777,9 +779,8 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
   __syncthreads();
   if (threadIdx.x == 0) {
     int* counter = counters + t * gridDim.x + blockIdx.x;
-    int before;
-    asm volatile("atom.acq_rel.gpu.add.s32 %0, [%1], 1;" : "=r"(before) : "l"(counter) : "memory");
-    sm_last = before == splits - 1;
+    ::cuda::atomic_ref<int, ::cuda::thread_scope_device> count(*counter);
+    sm_last = count.fetch_add(1, ::cuda::memory_order_acq_rel) == splits - 1;
     if (sm_last) *counter = 0;  // ready for the next launch
   }
   __syncthreads();

@@ -185,8 +185,8 @@ __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTarget
 template <DType D, int NT>
 constexpr int kGatedMinBlocks = D == DType::q4 && NT == 1 ? 5 : 0;
 template <DType D, int NT, bool kStaged>
-__global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>) gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k,
-                                                         Acts acts, float* out) {
+__global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>)
+    gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k, Acts acts, float* out) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
   for_groups<D>((rows + 3) / 4, [&](int64_t b, bool first_group) {
