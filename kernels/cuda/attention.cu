@@ -487,7 +487,7 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
 // an online softmax per head; the warps merge in shared memory and the split's partial
 // (max, sum, unnormalized output) goes to scratch. The last split to finish (counted
 // with an atomic) merges all splits, rotates q4 results back, and writes the output: one
-// kernel per attention.
+// kernel per attention. (A context of one split writes its output directly.)
 //
 // P (> 1 for q8 rows and one query head per KV head): a warp takes P positions side by
 // side, each on 32 / P lanes, instead of spreading every position over the warp; see the
@@ -753,6 +753,43 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
       for (int e = 0; e < EP; ++e) sm_acc[(warp * G + i) * hd + sl * EP + e] = acc[i][e];
   }
   __syncthreads();
+  // Head i's output from its unnormalized sum A and softmax sum L (warp 0): rotated back
+  // (q4 KV), written, and its int8 records made.
+  auto finish = [&](int i, float (&A)[E], float L) {
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) A[e] = lane < ln.active ? A[e] * inv : 0.0f;
+    if (rot) warp_hadamard<E>(A, hd, lane);
+    if (lane < ln.active)
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
+    if (out_q)
+      quantize_act_lanes<E>(A, lane, lane < ln.active, static_cast<int64_t>(h0 + i) * hd,
+                            static_cast<int64_t>(n_heads) * hd, out_q + t * q_stride);
+  };
+  // A split that is the only one (contexts of up to kSplit positions) is the result:
+  // no partial goes through scratch, no count, no merge (q4 decode +2% over 128 tokens
+  // from an empty context on the H200). The same arithmetic as the merge below, which
+  // then multiplies by exp(0) and adds zeros.
+  if (splits == 1) {
+    if (warp == 0)
+      for (int i = 0; i < G; ++i) {
+        const float mm = fmaxf(fmaxf(sm_m[0][i], sm_m[1][i]), fmaxf(sm_m[2][i], sm_m[3][i]));
+        float A[E], L = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) A[e] = 0.0f;
+        for (int w = 0; w < 4; ++w)
+          if (sm_m[w][i] != -INFINITY) {
+            const float f = expf(sm_m[w][i] - mm);
+            L += f * sm_l[w][i];
+            if (lane < ln.active)
+#pragma unroll
+              for (int e = 0; e < E; ++e) A[e] += f * sm_acc[(w * G + i) * hd + lane * E + e];
+          }
+        finish(i, A, L);
+      }
+    return;
+  }
   // The block's partial: scratch[t][head][s] = (max, sum, acc[hd]).
   auto partial = [&](int i, int split) {
     return scratch + ((t * n_heads + h0 + i) * static_cast<int64_t>(max_splits) + split) * (hd + 2);
@@ -822,21 +859,12 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
     __syncthreads();
     if (warp == 0) {
       L = sm_red[0] + sm_red[1] + sm_red[2] + sm_red[3];
-      const float inv = L > 0.0f ? 1.0f / L : 0.0f;
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int d = lane * E + e;
-        A[e] = lane < ln.active
-                   ? (sm_acc[d] + sm_acc[hd + d] + sm_acc[2 * hd + d] + sm_acc[3 * hd + d]) * inv
-                   : 0.0f;
+        A[e] = lane < ln.active ? sm_acc[d] + sm_acc[hd + d] + sm_acc[2 * hd + d] + sm_acc[3 * hd + d] : 0.0f;
       }
-      if (rot) warp_hadamard<E>(A, hd, lane);
-      if (lane < ln.active)
-#pragma unroll
-        for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
-      if (out_q)
-        quantize_act_lanes<E>(A, lane, lane < ln.active, static_cast<int64_t>(h0 + i) * hd,
-                              static_cast<int64_t>(n_heads) * hd, out_q + t * q_stride);
+      finish(i, A, L);
     }
     __syncthreads();
   }

@@ -23,7 +23,8 @@ constexpr int kWarp = 32;
 // (the attention copies settled KV rows before its wait) call it right after their wait
 // (+10% q4 decode on the H100); kernels that prefill runs do not (called from every
 // kernel it cost prefill 3-6%, and f16 decode 2-14%; from the split attention before
-// the output projection, f16 decode -1%). No-op before sm_90.
+// the output projection, f16 decode -1% on the H100 and q4 decode -2% on the H200). No-op
+// before sm_90.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
