@@ -100,7 +100,10 @@ TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
     int64_t rows, cols;
   };
   for (DType dtype : {DType::q4, DType::q8, DType::f16, DType::bf16, DType::f32}) {
-    for (Shape s : {Shape{1, 64}, Shape{7, 576}, Shape{33, 2048}, Shape{130, 4160}, Shape{61, 11008}}) {
+    // 4098 rows: two rows per warp for one or two tokens (gemv_multi takes pairs from 4096
+    // rows, as in every GEMV of a 7B model); 76 q4 chunks per row, so lanes 0-11 have a
+    // second batch of loads and the other lanes none.
+    for (Shape s : {Shape{1, 64}, Shape{7, 576}, Shape{33, 2048}, Shape{130, 4160}, Shape{61, 11008}, Shape{4098, 2432}}) {
       const auto w = make_weights(dtype, s.rows, s.cols, static_cast<uint64_t>(s.rows + s.cols));
       DeviceBuffer<uint8_t> dw(w);
       const cuda::DeviceMatrix m{dtype, s.rows, s.cols, dw.p};
