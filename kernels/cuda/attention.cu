@@ -7,6 +7,8 @@
 
 #include <cuda/atomic>
 
+#include <limits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
@@ -478,16 +480,22 @@ __device__ __forceinline__ Range attended(const int32_t* positions, int64_t t, i
 }
 
 // Block (KV head group slice, split s, token t), 4 warps, G query heads (the G heads
-// of one KV head, or a slice of them). The block first copies the split's K and V rows
-// (and scales) into shared memory with cp.async, every load of the split in flight at
-// once: one DRAM round trip per block. (Warps that loaded kBatch rows each, then
-// computed, then loaded again waited on DRAM four times per split and a page-table
-// lookup before each; decode at 4096 positions took ~80 µs per layer, ~10% of the
-// bandwidth.) Each warp then takes kBatch positions at a time from shared memory, with
-// an online softmax per head; the warps merge in shared memory and the split's partial
-// (max, sum, unnormalized output) goes to scratch. The last split to finish (counted
-// with an atomic) merges all splits, rotates q4 results back, and writes the output: one
-// kernel per attention. (A context of one split writes its output directly.)
+// of one KV head, or a slice of them). A split is a run of chunks of kSplit positions,
+// as few chunks per split as keep every split of the launch on the GPU at once (so a
+// 4096-position context of 32 heads takes 3 chunks a split, not one block per chunk in
+// two waves of 8 per SM). The block copies a chunk's K and V rows (and scales) into
+// shared memory with cp.async, every load of the chunk in flight at once, and the next
+// chunk's into a second buffer while it computes this one: its loads overlap the
+// decoding and products. (Warps that loaded kBatch rows each, then computed, then loaded
+// again waited on DRAM four times per split and a page-table lookup before each; decode
+// at 4096 positions took ~80 µs per layer, ~10% of the bandwidth. A block per chunk with
+// one buffer waited on DRAM once per chunk: 31.4 µs per layer on the H200, 35% of the
+// copy bandwidth in the graph.) Each warp takes kBatch positions at a time from shared
+// memory, with an online softmax per head carried over the split's chunks; the warps
+// merge in shared memory and the split's partial (max, sum, unnormalized output) goes to
+// scratch. The last split to finish (counted with an atomic) merges all splits, rotates
+// q4 results back, and writes the output: one kernel per attention. (A context of one
+// split writes its output directly.)
 //
 // P (> 1 for q8 rows and one query head per KV head): a warp takes P positions side by
 // side, each on 32 / P lanes, instead of spreading every position over the warp; see the
@@ -516,13 +524,18 @@ __device__ __forceinline__ void warp_sum4(float (&v)[4], int lane) {
 }
 
 // Dynamic shared memory of a split block: the warps' accumulators [4][G][hd] floats, then
-// K and V rows [2][kSplit][row_bytes], then their scales [2][kSplit] halves, then (with
-// key offset rows) the offset rows of the up to kSplit / kPageTokens + 1 pages the split
-// touches, [3][hd] halves.
+// two chunk buffers (one where two do not fit: see launch_split), each K and V rows
+// [2][kSplit][row_bytes], their scales [2][kSplit] halves and (with key offset rows) the
+// offset rows of the up to kSplit / kPageTokens + 1 pages the chunk touches, [3][hd]
+// halves, rounded up to 16 bytes.
 constexpr int kSplitPages = kSplit / kPageTokens + 1;
-__host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout& L) {
-  return static_cast<size_t>(4 * g * hd) * sizeof(float) + 2 * kSplit * L.row_bytes() + 2 * kSplit * sizeof(__half) +
-         (L.key_offsets() ? static_cast<size_t>(kSplitPages * hd) * sizeof(__half) : 0);
+__host__ __device__ inline size_t chunk_buffer_bytes(int hd, const KvLayout& L) {
+  const size_t b = 2 * kSplit * L.row_bytes() + 2 * kSplit * sizeof(__half) +
+                   (L.key_offsets() ? static_cast<size_t>(kSplitPages * hd) * sizeof(__half) : 0);
+  return (b + 15) / 16 * 16;
+}
+__host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout& L, int buffers) {
+  return static_cast<size_t>(4 * g * hd) * sizeof(float) + buffers * chunk_buffer_bytes(hd, L);
 }
 
 // kOffsets: the KV type has key offset rows (q4), a template parameter so that the
@@ -531,43 +544,54 @@ __host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout
 // P > 1 holds its registers to 64, 8 blocks per SM (its first version took 77, 6 blocks:
 // 33.8 -> 30.9 us per layer at 4096 positions once held); the others are left alone (held
 // to 64, the wide-head and GQA kernels spilled hundreds of bytes).
+// resident: how many blocks of this kernel the GPU holds at once (the host's occupancy).
 template <int E, int G, bool kOffsets, int P>
 __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
     attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads, int n_kv_heads, int hd,
-                        const int32_t* positions, const int32_t* slots, int window, int max_splits, float scale,
-                        float* scratch, int* counters, float* out, uint8_t* out_q, size_t q_stride) {
+                        const int32_t* positions, const int32_t* slots, int window, int resident, int max_splits,
+                        float scale, float* scratch, int* counters, float* out, uint8_t* out_q, size_t q_stride) {
   const int group = n_heads / n_kv_heads, sub = group / G;
   const int g = blockIdx.x / sub, h0 = g * group + (blockIdx.x % sub) * G;
   const int s = blockIdx.y;
   const int64_t t = blockIdx.z;
   const Range r = attended(positions, t, window);
-  const int64_t lo = r.begin + static_cast<int64_t>(s) * kSplit;
-  if (lo >= r.end) return;
-  const int64_t hi = min(r.end, lo + kSplit);
-  const int splits = static_cast<int>((r.end - r.begin + kSplit - 1) / kSplit);
+  // The split's chunks [c0, c1): the launch's splits for this token's context (every
+  // token of the launch counted at this one's length) just fit `resident`.
+  const int64_t chunks = (r.end - r.begin + kSplit - 1) / kSplit;
+  const int64_t per_chunk = static_cast<int64_t>(gridDim.x) * gridDim.z;
+  const int64_t per_split = max(int64_t{1}, (chunks * per_chunk + resident - 1) / resident);
+  const int splits = static_cast<int>((chunks + per_split - 1) / per_split);
+  if (s >= splits) return;
+  const int64_t c0 = s * per_split, c1 = min(chunks, c0 + per_split);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const Lanes<E> ln = lanes_for<E>(hd);
   const bool rot = rotated(kv.layout.type, hd);
 
   __shared__ float sm_m[4][G], sm_l[4][G];
   __shared__ bool sm_last;
-  extern __shared__ __align__(16) float sm_acc[];  // [4][G][hd], then the staged rows
+  extern __shared__ __align__(16) float sm_acc[];  // [4][G][hd], then the chunk buffers
 
   const int slot = slots[t];
   const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
-  // Stage the split's rows: K rows [0, n), V rows [kSplit, kSplit + n), then the scales.
   const KvType type = kv.layout.type;
   const bool quantized = type == KvType::q8 || type == KvType::q4;
   const int rb = static_cast<int>(kv.layout.row_bytes());
-  uint8_t* rows = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
-  __half* scales = reinterpret_cast<__half*>(rows + 2 * kSplit * rb);
+  uint8_t* const buffers = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
+  const size_t buffer_bytes = chunk_buffer_bytes(hd, kv.layout);
+  // Buffer b: K rows [0, n), V rows [kSplit, kSplit + n), then the scales, then the offset rows.
+  auto rows_of = [&](int b) { return buffers + b * buffer_bytes; };
+  auto scales_of = [&](int b) { return reinterpret_cast<__half*>(rows_of(b) + 2 * kSplit * rb); };
+  auto offsets_of = [&](int b) { return scales_of(b) + 2 * kSplit; };
   const int chunk = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : rb % 4 == 0 ? 4 : 1;
-  // Positions [from, to) of the split, page by page: a page's rows of one region are one
-  // contiguous run (and so are its scales), copied with consecutive threads on
-  // consecutive chunks. (Indexing every 16-byte copy by (kind, row, chunk) cost two
-  // divisions and a page-table read per copy: the decode attention issued an instruction
-  // every cycle and a half per scheduler, 42 us per layer at 4096 positions on the H200.)
-  auto stage = [&](int64_t from, int64_t to) {
+  // Positions [from, to) of the chunk at lo into buffer b, page by page: a page's rows
+  // of one region are one contiguous run (and so are its scales), copied with
+  // consecutive threads on consecutive chunks. (Indexing every 16-byte copy by (kind,
+  // row, chunk) cost two divisions and a page-table read per copy: the decode attention
+  // issued an instruction every cycle and a half per scheduler, 42 us per layer at 4096
+  // positions on the H200.)
+  auto stage = [&](int64_t from, int64_t to, int64_t lo, int b) {
+    uint8_t* const rows = rows_of(b);
+    __half* const scales = scales_of(b);
     for (int64_t p0 = from; p0 < to;) {
       const int64_t p1 = min(to, (p0 / kPageTokens + 1) * kPageTokens);
       const int n = static_cast<int>(p1 - p0), j0 = static_cast<int>(p0 - lo), slot0 = static_cast<int>(p0 % kPageTokens);
@@ -596,27 +620,38 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
       p0 = p1;
     }
   };
+  // Key offset rows of the pages [lo / P, (hi - 1) / P] into buffer b, copied in the same way.
+  auto stage_offsets = [&](int64_t lo, int64_t hi, int b) {
+    if constexpr (kOffsets) {
+      const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
+      const int64_t first_page = lo / kPageTokens;
+      for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
+        const int64_t p = (first_page + idx / per_offset) * kPageTokens;
+        if (p < hi)
+          copy_async(reinterpret_cast<uint8_t*>(offsets_of(b)) + idx * ochunk,
+                     regs.at(p, 0) + kv.layout.offset_row_offset() + (idx % per_offset) * ochunk, ochunk);
+      }
+    }
+  };
+  auto chunk_lo = [&](int64_t c) { return r.begin + c * kSplit; };
+  auto chunk_hi = [&](int64_t c) { return min(r.end, r.begin + (c + 1) * kSplit); };
   // Rows more than n_tokens - 1 positions before this token's are not written by this
   // batch's KV store (it writes at most n_tokens rows of a sequence, ending at or after
-  // this position): their copies start before the wait, overlapping the kernel before.
-  // The page table, positions and slots come from the host before the step.
-  const int64_t settled = min(hi, max(lo, r.end - static_cast<int64_t>(gridDim.z)));
-  stage(lo, settled);
-  grid_dependency_wait();
-  stage(settled, hi);
-  // Key offset rows of the pages [lo / P, (hi - 1) / P], copied in the same way.
-  __half* offsets = scales + 2 * kSplit;
-  const int64_t first_page = lo / kPageTokens;
-  if constexpr (kOffsets) {
-    const int ochunk = (2 * hd) % 16 == 0 ? 16 : 4, per_offset = 2 * hd / ochunk;
-    for (int idx = threadIdx.x; idx < kSplitPages * per_offset; idx += blockDim.x) {
-      const int64_t p = (first_page + idx / per_offset) * kPageTokens;
-      if (p < hi)
-        copy_async(reinterpret_cast<uint8_t*>(offsets) + idx * ochunk,
-                   regs.at(p, 0) + kv.layout.offset_row_offset() +
-                       (idx % per_offset) * ochunk,
-                   ochunk);
-    }
+  // this position): the first chunk's copies of them start before the wait, overlapping
+  // the kernel before. The page table, positions and slots come from the host before the step.
+  {
+    const int64_t lo = chunk_lo(c0), hi = chunk_hi(c0);
+    const int64_t settled = min(hi, max(lo, r.end - static_cast<int64_t>(gridDim.z)));
+    stage(lo, settled, lo, 0);
+    grid_dependency_wait();
+    stage(settled, hi, lo, 0);
+    stage_offsets(lo, hi, 0);
+    copy_async_commit();
+  }
+  if (c0 + 1 < c1) {
+    stage(chunk_lo(c0 + 1), chunk_hi(c0 + 1), chunk_lo(c0 + 1), 1);
+    stage_offsets(chunk_lo(c0 + 1), chunk_hi(c0 + 1), 1);
+    copy_async_commit();
   }
   // A warp takes P positions at a time (P > 1: q8 rows, no rotation), each on kWarp / P
   // lanes of EP = E · P elements (group grp, lane sl in it); with P = 1 a position is
@@ -640,109 +675,125 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
 #pragma unroll
     for (int e = 0; e < EP; ++e) acc[i][e] = 0.0f;
   }
-  copy_async_wait();
-  __syncthreads();
-  if constexpr (P > 1) {
-    static_assert(G == 1, "positions side by side take one query head");
-    // Position base + grp per step: its score summed over the group's lanes (log2(32/P)
-    // shuffles, where spreading it over the warp took five per position), the softmax
-    // maximum over the warp's P positions, and each group's own share of l and acc,
-    // added over the groups after the loop. q8 rows: one 16-byte load per lane and row.
-    // (Scoring the whole split first, then weighting the values against its maximum,
-    // measured slower: 32.9 against 30.9 us per layer at 4096 positions.)
-    for (int64_t base = lo + warp * P; base < hi; base += 4 * P) {
-      const int64_t pos = base + grp;
-      const int ri = static_cast<int>(min(pos, hi - 1) - lo);
-      const float dk = __half2float(scales[ri]), dv = __half2float(scales[kSplit + ri]);
-      float kf[EP], vf[EP];
-      decode_q8_row<EP>(rows + ri * rb, lnp, sl, kf);
-      decode_q8_row<EP>(rows + (kSplit + ri) * rb, lnp, sl, vf);
-      float d = 0.0f;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int b = static_cast<int>((c - c0) % 2);
+    if (c + 1 < c1) copy_async_wait_groups<1>();  // chunk c's group; c + 1's may still run
+    else copy_async_wait();
+    __syncthreads();
+    const int64_t lo = chunk_lo(c), hi = chunk_hi(c);
+    const uint8_t* const rows = rows_of(b);
+    const __half* const scales = scales_of(b);
+    const __half* const offsets = offsets_of(b);
+    const int64_t first_page = lo / kPageTokens;
+    if constexpr (P > 1) {
+      static_assert(G == 1, "positions side by side take one query head");
+      // Position base + grp per step: its score summed over the group's lanes (log2(32/P)
+      // shuffles, where spreading it over the warp took five per position), the softmax
+      // maximum over the warp's P positions, and each group's own share of l and acc,
+      // added over the groups after the loop. q8 rows: one 16-byte load per lane and row.
+      // (Scoring the whole split first, then weighting the values against its maximum,
+      // measured slower: 32.9 against 30.9 us per layer at 4096 positions.)
+      for (int64_t base = lo + warp * P; base < hi; base += 4 * P) {
+        const int64_t pos = base + grp;
+        const int ri = static_cast<int>(min(pos, hi - 1) - lo);
+        const float dk = __half2float(scales[ri]), dv = __half2float(scales[kSplit + ri]);
+        float kf[EP], vf[EP];
+        decode_q8_row<EP>(rows + ri * rb, lnp, sl, kf);
+        decode_q8_row<EP>(rows + (kSplit + ri) * rb, lnp, sl, vf);
+        float d = 0.0f;
 #pragma unroll
-      for (int e = 0; e < EP; ++e) d += qv[0][e] * kf[e];
+        for (int e = 0; e < EP; ++e) d += qv[0][e] * kf[e];
 #pragma unroll
-      for (int o = kGroupLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-      const float sc = pos < hi ? d * dk * scale : -INFINITY;
-      float mx = fmaxf(m[0], sc);
+        for (int o = kGroupLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        const float sc = pos < hi ? d * dk * scale : -INFINITY;
+        float mx = fmaxf(m[0], sc);
 #pragma unroll
-      for (int o = kGroupLanes; o < kWarp; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      if (mx > m[0]) {  // the running maximum moved (the same in every lane): rescale
-        const float corr = expf(m[0] - mx);
-        l[0] *= corr;
+        for (int o = kGroupLanes; o < kWarp; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        if (mx > m[0]) {  // the running maximum moved (the same in every lane): rescale
+          const float corr = expf(m[0] - mx);
+          l[0] *= corr;
 #pragma unroll
-        for (int e = 0; e < EP; ++e) acc[0][e] *= corr;
-        m[0] = mx;
+          for (int e = 0; e < EP; ++e) acc[0][e] *= corr;
+          m[0] = mx;
+        }
+        const float pe = expf(sc - mx);
+        l[0] += pe;
+        const float pv = pe * dv;
+#pragma unroll
+        for (int e = 0; e < EP; ++e) acc[0][e] += pv * vf[e];
       }
-      const float pe = expf(sc - mx);
-      l[0] += pe;
-      const float pv = pe * dv;
+    } else {
+      // Quantized rows are decoded without their scales (d = 1; q4 keys excepted: their
+      // offset rows are in real units): the key's scale multiplies its score, the value's
+      // its weight, once per position instead of once per element.
+      for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
+        float kf[kBatch][E], vf[kBatch][E], dk[kBatch], dv[kBatch];
 #pragma unroll
-      for (int e = 0; e < EP; ++e) acc[0][e] += pv * vf[e];
+        for (int j = 0; j < kBatch; ++j) {
+          const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
+          dk[j] = quantized ? __half2float(scales[ri]) : 1.0f;
+          dv[j] = quantized ? __half2float(scales[kSplit + ri]) : 1.0f;
+          decode_row<E>(type, rows + ri * rb, kOffsets ? dk[j] : 1.0f, ln, lane, kf[j]);
+          decode_row<E>(type, rows + (kSplit + ri) * rb, 1.0f, ln, lane, vf[j]);
+          if (kOffsets) dk[j] = 1.0f;  // applied in the decode
+          if (kOffsets && lane < ln.active) {
+            const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
+#pragma unroll
+            for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          float sc[kBatch];
+#pragma unroll
+          for (int j = 0; j < kBatch; ++j) {
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) d += qv[i][e] * kf[j][e];
+            sc[j] = d;
+          }
+          warp_sum4(sc, lane);
+          float mx = m[i];
+#pragma unroll
+          for (int j = 0; j < kBatch; ++j) {
+            sc[j] = base + j < hi ? sc[j] * dk[j] * scale : -INFINITY;
+            mx = fmaxf(mx, sc[j]);
+          }
+          const float corr = expf(m[i] - mx);
+          float pe[kBatch], sum = 0.0f;
+#pragma unroll
+          for (int j = 0; j < kBatch; ++j) {
+            pe[j] = expf(sc[j] - mx);
+            sum += pe[j];
+            pe[j] *= dv[j];
+          }
+          l[i] = l[i] * corr + sum;
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            float a = acc[i][e] * corr;
+#pragma unroll
+            for (int j = 0; j < kBatch; ++j) a += pe[j] * vf[j][e];
+            acc[i][e] = a;
+          }
+          m[i] = mx;
+        }
+      }
     }
+    if (c + 2 < c1) {  // buffer b is free once every warp is past it
+      __syncthreads();
+      stage(chunk_lo(c + 2), chunk_hi(c + 2), chunk_lo(c + 2), b);
+      stage_offsets(chunk_lo(c + 2), chunk_hi(c + 2), b);
+      copy_async_commit();
+    }
+  }
+  if constexpr (P > 1) {
 #pragma unroll
     for (int o = kGroupLanes; o < kWarp; o <<= 1) {  // the groups' shares
       l[0] += __shfl_xor_sync(0xffffffffu, l[0], o);
 #pragma unroll
       for (int e = 0; e < EP; ++e) acc[0][e] += __shfl_xor_sync(0xffffffffu, acc[0][e], o);
     }
-  } else {
-    // Quantized rows are decoded without their scales (d = 1; q4 keys excepted: their
-    // offset rows are in real units): the key's scale multiplies its score, the value's
-    // its weight, once per position instead of once per element.
-    for (int64_t base = lo + warp * kBatch; base < hi; base += 4 * kBatch) {
-      float kf[kBatch][E], vf[kBatch][E], dk[kBatch], dv[kBatch];
-#pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        const int ri = static_cast<int>(min(base + j, hi - 1) - lo);  // a repeated row for the tail; masked below
-        dk[j] = quantized ? __half2float(scales[ri]) : 1.0f;
-        dv[j] = quantized ? __half2float(scales[kSplit + ri]) : 1.0f;
-        decode_row<E>(type, rows + ri * rb, kOffsets ? dk[j] : 1.0f, ln, lane, kf[j]);
-        decode_row<E>(type, rows + (kSplit + ri) * rb, 1.0f, ln, lane, vf[j]);
-        if (kOffsets) dk[j] = 1.0f;  // applied in the decode
-        if (kOffsets && lane < ln.active) {
-          const __half* o = offsets + ((lo + ri) / kPageTokens - first_page) * hd + lane * E;
-#pragma unroll
-          for (int e = 0; e < E; ++e) kf[j][e] += __half2float(o[e]);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < G; ++i) {
-        float sc[kBatch];
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-          float d = 0.0f;
-#pragma unroll
-          for (int e = 0; e < E; ++e) d += qv[i][e] * kf[j][e];
-          sc[j] = d;
-        }
-        warp_sum4(sc, lane);
-        float mx = m[i];
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-          sc[j] = base + j < hi ? sc[j] * dk[j] * scale : -INFINITY;
-          mx = fmaxf(mx, sc[j]);
-        }
-        const float corr = expf(m[i] - mx);
-        float pe[kBatch], sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-          pe[j] = expf(sc[j] - mx);
-          sum += pe[j];
-          pe[j] *= dv[j];
-        }
-        l[i] = l[i] * corr + sum;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          float a = acc[i][e] * corr;
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) a += pe[j] * vf[j][e];
-          acc[i][e] = a;
-        }
-        m[i] = mx;
-      }
-    }
   }
-#pragma unroll
   for (int i = 0; i < G; ++i) {
     if (lane == 0) {
       sm_m[warp][i] = m[i];
@@ -1238,7 +1289,6 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const int64_t group = n_heads / n_kv_heads;
   const dim3 grid(static_cast<unsigned>(n_kv_heads * (group / G)), static_cast<unsigned>(max_splits),
                   static_cast<unsigned>(n_tokens));
-  const size_t smem = split_smem_bytes(G, hd, kv.layout);
   // Positions side by side in a warp (attend_split_kernel's P): q8 rows of one query head
   // per KV head, 16 quants per lane. (Other types keep P = 1: f16 rows side by side would
   // meet bank conflicts, q4 keys carry offset rows and a rotation across the warp.)
@@ -1247,11 +1297,22 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true, 1>
                       : side_by_side          ? attend_split_kernel<E, G, false, kP>
                                               : attend_split_kernel<E, G, false, 1>;
-  if (smem > 48 * 1024)  // over the default limit (f32 KV, wide heads): asked for explicitly
+  int device = 0, sms = 0, optin = 0, per_sm = 0;
+  cudaGetDevice(&device);
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) sms = 1;
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  // Where two chunk buffers do not fit (f32 rows of 256-wide heads: 128 KB a chunk) the
+  // block gets one and every split one chunk (`resident` too large to share them out):
+  // the kernel then never touches the second buffer.
+  const bool two = split_smem_bytes(G, hd, kv.layout, 2) <= static_cast<size_t>(optin);
+  const size_t smem = split_smem_bytes(G, hd, kv.layout, two ? 2 : 1);
+  if (smem > 48 * 1024)  // over the default limit (f32 and f16 KV, wide heads): asked for explicitly
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
+  const int resident = two ? per_sm * sms : std::numeric_limits<int>::max();
   launch(kernel, grid, 128, smem, stream,
-      kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, max_splits,
-      1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out, out_q, act_bytes(n_heads * hd));
+      kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, resident,
+      max_splits, 1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out, out_q, act_bytes(n_heads * hd));
 }
 }  // namespace
 
