@@ -7,6 +7,7 @@
 
 #include <cuda/atomic>
 
+#include <algorithm>
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
@@ -1297,19 +1298,16 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true, 1>
                       : side_by_side          ? attend_split_kernel<E, G, false, kP>
                                               : attend_split_kernel<E, G, false, 1>;
-  int device = 0, sms = 0, optin = 0, per_sm = 0;
-  cudaGetDevice(&device);
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) sms = 1;
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   // Where two chunk buffers do not fit (f32 rows of 256-wide heads: 128 KB a chunk) the
   // block gets one and every split one chunk (`resident` too large to share them out):
   // the kernel then never touches the second buffer.
-  const bool two = split_smem_bytes(G, hd, kv.layout, 2) <= static_cast<size_t>(optin);
+  const bool two = split_smem_bytes(G, hd, kv.layout, 2) <= device_limits().smem_optin;
   const size_t smem = split_smem_bytes(G, hd, kv.layout, two ? 2 : 1);
   if (smem > 48 * 1024)  // over the default limit (f32 and f16 KV, wide heads): asked for explicitly
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
-  const int resident = two ? per_sm * sms : std::numeric_limits<int>::max();
+  const int resident = two ? per_sm * std::max(device_limits().sms, 1) : std::numeric_limits<int>::max();
   launch(kernel, grid, 128, smem, stream,
       kv, layer, q, static_cast<int>(n_heads), static_cast<int>(n_kv_heads), hd, positions, slots, window, resident,
       max_splits, 1.0f / sqrtf(static_cast<float>(hd)), scratch, counters, out, out_q, act_bytes(n_heads * hd));

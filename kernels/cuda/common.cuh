@@ -181,4 +181,25 @@ __device__ __forceinline__ float half_bits_to_float(uint16_t h) { return __half2
 
 inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
+// What the launchers size their grids and shared memory by (the current device, read
+// once).
+struct DeviceLimits {
+  int sms = 0, major = 0;
+  size_t smem_optin = 0;
+};
+
+inline const DeviceLimits& device_limits() {
+  static const DeviceLimits limits = [] {
+    DeviceLimits l;
+    int device = 0, v = 0;
+    cudaGetDevice(&device);
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.major = v;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess)
+      l.smem_optin = static_cast<size_t>(v);
+    return l;
+  }();
+  return limits;
+}
+
 }  // namespace kvant::cuda

@@ -231,27 +231,6 @@ __device__ __forceinline__ void dot_chunk(const Chunk<R>& ch, int c, int64_t k, 
   }
 }
 
-// What the GEMV launchers size their grids and shared memory by (the current device,
-// read once).
-struct DeviceLimits {
-  int sms = 0, major = 0;
-  size_t smem_optin = 0;
-};
-
-const DeviceLimits& device_limits() {
-  static const DeviceLimits limits = [] {
-    DeviceLimits l;
-    int device = 0, v = 0;
-    cudaGetDevice(&device);
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.major = v;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess)
-      l.smem_optin = static_cast<size_t>(v);
-    return l;
-  }();
-  return limits;
-}
-
 // Calls f with std::integral_constant<int, n> for a decode batch of n ≤ kMaxGemvTokens
 // tokens (the GEMVs are compiled per token count); nothing for other n.
 template <class F>
