@@ -668,6 +668,39 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
     if constexpr (P == 1)
       if (rot) warp_hadamard<E>(qv[i], hd, lane);
   }
+  // P > 1 (q8 rows): a key's score is taken on its raw quants with dp4a, the query as two
+  // int8 levels per element, x ≈ dq · (h + r / 256) with dq = max|x| / (127 · 256) over
+  // the head (the GEMV activations' encoding, 16 bits): eight dp4a per 16 quants instead
+  // of decoding each quant to a float (two instructions) and a multiply-add. The query's
+  // rounding, at most max|x| / 65024 per element, is 1/256 of the keys' own int8 steps
+  // (relative); the output moved ~4e-5 against the f32 query (CudaKernels test). At 4096
+  // positions, q4 weights: 347.4 -> 352.8 and 347.0 -> 350.8 tok/s on the H100.
+  // qw[0] holds h, qw[1] r, four elements a word.
+  constexpr int kQWords = P > 1 ? EP / 4 : 1;
+  int qw[2][kQWords] = {};
+  float dq = 0.0f;
+  if constexpr (P > 1) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EP; ++e) amax = fmaxf(amax, fabsf(qv[0][e]));
+#pragma unroll
+    for (int o = kGroupLanes / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    dq = amax / (127.0f * 256.0f);
+#pragma unroll
+    for (int w = 0; w < kQWords; ++w) {
+      uint32_t h = 0, r = 0;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const float x = qv[0][4 * w + b] * inv, hf = rintf(x);
+        const float rf = fminf(fmaxf(rintf((x - hf) * 256.0f), -127.0f), 127.0f);
+        h |= (static_cast<uint32_t>(static_cast<int>(hf)) & 0xffu) << (8 * b);
+        r |= (static_cast<uint32_t>(static_cast<int>(rf)) & 0xffu) << (8 * b);
+      }
+      qw[0][w] = static_cast<int>(h);
+      qw[1][w] = static_cast<int>(r);
+    }
+  }
   float m[G], l[G], acc[G][EP];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
@@ -698,14 +731,27 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
         const int64_t pos = base + grp;
         const int ri = static_cast<int>(min(pos, hi - 1) - lo);
         const float dk = __half2float(scales[ri]), dv = __half2float(scales[kSplit + ri]);
-        float kf[EP], vf[EP];
-        decode_q8_row<EP>(rows + ri * rb, lnp, sl, kf);
+        // The score in integers, summed over the group's lanes: |256 · Σ k·h + Σ k·r| is
+        // below 127 · 127 · 257 per element, 2^31 over 512 of them (head sizes here: ≤ 256).
+        int dh = 0, dr = 0;
+#pragma unroll
+        for (int cc = 0; cc < EP / 16; ++cc) {
+          const uint4 kw = sl < lnp.active ? reinterpret_cast<const uint4*>(rows + ri * rb + sl * EP)[cc]
+                                           : uint4{0u, 0u, 0u, 0u};
+          const int words[4] = {static_cast<int>(kw.x), static_cast<int>(kw.y), static_cast<int>(kw.z),
+                                static_cast<int>(kw.w)};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            dh = __dp4a(words[j], qw[0][4 * cc + j], dh);
+            dr = __dp4a(words[j], qw[1][4 * cc + j], dr);
+          }
+        }
+        int di = 256 * dh + dr;
+#pragma unroll
+        for (int o = kGroupLanes / 2; o > 0; o >>= 1) di += __shfl_xor_sync(0xffffffffu, di, o);
+        const float d = static_cast<float>(di) * dq;
+        float vf[EP];
         decode_q8_row<EP>(rows + (kSplit + ri) * rb, lnp, sl, vf);
-        float d = 0.0f;
-#pragma unroll
-        for (int e = 0; e < EP; ++e) d += qv[0][e] * kf[e];
-#pragma unroll
-        for (int o = kGroupLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         const float sc = pos < hi ? d * dk * scale : -INFINITY;
         float mx = fmaxf(m[0], sc);
 #pragma unroll

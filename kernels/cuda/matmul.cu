@@ -101,6 +101,41 @@ __device__ __forceinline__ void row_dot(const RowSet<R>& rs, int64_t k, bool act
   }
 }
 
+// row_dot for the looping kernels (kPersistent), whose warps take row group after row
+// group: the loads run on from one group into the next. cur holds this group's first batch
+// on entry (loaded by the caller, or carried from the group before) and the next group's
+// (rows nrs, has_next: the warp has rows there) on exit, loaded while this group's last
+// batch is multiplied; with row_dot, nothing was in flight during that batch (a 4096-wide
+// q4 row pair is two batches). q4 decode on the H100, alternated: 459.7 -> 462.1, 460.3 ->
+// 462.8, 460.3 -> 462.8, 460.3 -> 463.1 tok/s.
+template <DType D, int R, int NT, bool kStaged, int P>
+__device__ __forceinline__ void row_dot_carried(const RowSet<R>& rs, const RowSet<R>& nrs, bool has_next, int64_t k,
+                                                bool active, bool first_group, Acts& a, uint8_t* smem, float (*acc)[NT],
+                                                Chunk<R> (&cur)[P]) {
+  static_assert(kIntActs<D>, "rows of whole chunks: no float tail");
+  const int lane = threadIdx.x % kWarp;
+  const int n = chunk_count<D>(k);
+  Chunk<R> next[P] = {};
+  if (first_group) {
+    grid_dependency_wait();
+    launch_dependents();
+    if constexpr (kStaged) a = stage_acts<D, NT>(a, k, smem);
+  }
+  if (!active) {
+    if (has_next) load_batch<D, R, P>(nrs, lane, n, cur);
+    return;
+  }
+  for (int first = lane; first < n; first += kWarp * P) {
+    if (first + kWarp * P < n) load_batch<D, R, P>(rs, first + kWarp * P, n, next);
+    else if (has_next) load_batch<D, R, P>(nrs, lane, n, next);
+#pragma unroll
+    for (int j = 0; j < P; ++j)
+      if (first + kWarp * j < n) dot_chunk<D, R, NT>(cur[j], first + kWarp * j, k, a, acc);
+#pragma unroll
+    for (int j = 0; j < P; ++j) cur[j] = next[j];
+  }
+}
+
 // Up to three matrices of one input and dtype in one launch (q, k, v): block b covers 4
 // rows of the matrix its index falls in.
 struct GemvTargets {
@@ -112,22 +147,14 @@ struct GemvTargets {
   int count;
 };
 
-// q4 GEMV blocks loop over the row groups (block index b, b + gridDim.x, ...): with a
-// grid that fits on the GPU at once (gemv_grid) each block stages the activations once
-// and there is no last partial wave (q4 decode +8.5% on the H100). Other types keep a
-// block per row group: the loop raised their registers (q8 GEMV to ~150) and f16 decode
-// was 7% slower with it, q8 3% (measured with every type looping).
+// q4 GEMV blocks loop over the row groups (block index b, b + gridDim.x, ...), their
+// loads carried from group to group (row_dot_carried): with a grid that fits on the GPU
+// at once (gemv_grid) each block stages the activations once and there is no last
+// partial wave (q4 decode +8.5% on the H100). Other types keep a block per row group: the
+// loop raised their registers (q8 GEMV to ~150) and f16 decode was 7% slower with it, q8
+// 3% (measured with every type looping).
 template <DType D>
 constexpr bool kPersistent = D == DType::q4;
-
-template <DType D, class Group>
-__device__ __forceinline__ void for_groups(int64_t groups, Group&& group) {
-  if constexpr (kPersistent<D>) {
-    for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) group(b, b == blockIdx.x);
-  } else {
-    group(static_cast<int64_t>(blockIdx.x), true);
-  }
-}
 
 // Element m of one of GemvTargets' arrays, chosen without indexing it: indexed with a
 // runtime m, the kernel copied all of its GemvTargets parameter to local memory (128
@@ -140,16 +167,68 @@ __device__ __forceinline__ T pick(const T (&a)[3], int m) {
 // R rows per warp (gemv_multi picks R); row_dot waits for the kernel before.
 // Blocks per SM the compiler must fit: the q8 GEMV takes 137 registers left alone (3
 // blocks per SM); held to 128 (4 blocks) q8 decode went 286 -> 292 tok/s on the H100 (to
-// 102, 5 blocks, it spilled: 244). Other types: 0, no minimum (a minimum of 1 is not the
-// same: it let the q4 GEMV grow from 125 to 132 registers, 3 blocks per SM, decode -6%;
-// 6 blocks per SM for f16 weights cost 3.5%).
-template <DType D>
-constexpr int kGemvMinBlocks = D == DType::q8 ? 4 : 0;
+// 102, 5 blocks, it spilled: 244). q4, one token: 5 (the carried loads took the row-pair
+// kernel from 96 to 128 registers left alone; held, 96 and no spill). Other types and
+// token counts: 0, no minimum (a minimum of 1 is not the same: it let the q4 GEMV grow
+// from 125 to 132 registers, 3 blocks per SM, decode -6%; 6 blocks per SM for f16
+// weights cost 3.5%).
+template <DType D, int NT>
+constexpr int kGemvMinBlocks = D == DType::q8 ? 4 : D == DType::q4 && NT == 1 ? 5 : 0;
 template <DType D, int R, int NT, bool kStaged>
-__global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
+__global__ void __launch_bounds__(128, kGemvMinBlocks<D, NT>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
-  for_groups<D>(pick(tg.block_end, tg.count - 1), [&](int64_t b, bool first_group) {
+  if constexpr (kPersistent<D>) {
+    constexpr int P = kBatch<D> / R;
+    const int64_t groups = pick(tg.block_end, tg.count - 1);
+    struct Rows {
+      RowSet<R> rs;
+      int64_t row, rows;
+      int m;
+      bool active;
+    };
+    auto rows_of = [&](int64_t b) {
+      Rows r;
+      r.m = 0;
+      while (r.m + 1 < tg.count && b >= pick(tg.block_end, r.m)) ++r.m;
+      const int64_t first = r.m == 0 ? 0 : r.m == 1 ? tg.block_end[0] : tg.block_end[1];
+      r.row = ((b - first) * 4 + threadIdx.x / kWarp) * R;
+      r.rows = pick(tg.rows, r.m);
+      r.active = r.row < r.rows;
+#pragma unroll
+      for (int i = 0; i < R; ++i) set_row<D>(pick(tg.w, r.m), r.rows, k, r.active ? r.row + i : 0, &r.rs.w[i], &r.rs.s[i]);
+      return r;
+    };
+    Chunk<R> cur[P] = {};
+    Rows here = rows_of(blockIdx.x);
+    if (here.active) load_batch<D, R, P>(here.rs, lane, chunk_count<D>(k), cur);
+    for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) {
+      const bool more = b + gridDim.x < groups;
+      const Rows nx = rows_of(more ? b + gridDim.x : b);
+      float acc[R][NT];
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
+      row_dot_carried<D, R, NT, kStaged, P>(here.rs, nx.rs, more && nx.active, k, here.active, b == blockIdx.x, acts,
+                                            staged, acc, cur);
+      if (here.active) {
+        const float* bias = pick(tg.bias, here.m);
+#pragma unroll
+        for (int i = 0; i < R; ++i)
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            float v = warp_sum(acc[i][t]);
+            if (bias) v += bias[here.row + i];
+            float* y = pick(tg.y, here.m) + t * here.rows + here.row + i;
+            if (lane == 0) *y = accumulate ? *y + v : v;
+          }
+      }
+      here = nx;  // a warp past one matrix's end may have rows in the next
+    }
+    return;
+  }
+  [&](int64_t b, bool first_group) {  // one row group: blockIdx.x
     int m = 0;
     while (m + 1 < tg.count && b >= pick(tg.block_end, m)) ++m;
     const int64_t first = m == 0 ? 0 : m == 1 ? tg.block_end[0] : tg.block_end[1];
@@ -176,7 +255,7 @@ __global__ void __launch_bounds__(128, kGemvMinBlocks<D>) gemv_kernel(GemvTarget
         float* y = pick(tg.y, m) + t * rows + row + i;
         if (lane == 0) *y = accumulate ? *y + v : v;
       }
-  });
+  }(static_cast<int64_t>(blockIdx.x), true);
 }
 
 // out[t][r] = silu(G[r] · x_t) · (U[r] · x_t): one warp computes both rows. q4, one
@@ -189,7 +268,39 @@ __global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>)
     gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k, Acts acts, float* out) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
-  for_groups<D>((rows + 3) / 4, [&](int64_t b, bool first_group) {
+  if constexpr (kPersistent<D>) {
+    constexpr int P = kBatch<D> / 2;
+    const int64_t groups = (rows + 3) / 4;
+    auto rows_of = [&](int64_t b, RowSet<2>& rs) {
+      const int64_t row = b * 4 + threadIdx.x / kWarp;
+      set_row<D>(gate, rows, k, row < rows ? row : 0, &rs.w[0], &rs.s[0]);
+      set_row<D>(up, rows, k, row < rows ? row : 0, &rs.w[1], &rs.s[1]);
+      return row;
+    };
+    Chunk<2> cur[P] = {};
+    RowSet<2> rs, nrs;
+    int64_t row = rows_of(blockIdx.x, rs);
+    if (row < rows) load_batch<D, 2, P>(rs, lane, chunk_count<D>(k), cur);
+    for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) {
+      const bool more = b + gridDim.x < groups;
+      const int64_t nrow = rows_of(more ? b + gridDim.x : b, nrs);
+      float acc[2][NT];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+      row_dot_carried<D, 2, NT, kStaged, P>(rs, nrs, more && nrow < rows, k, row < rows, b == blockIdx.x, acts, staged,
+                                            acc, cur);
+      if (row >= rows) return;  // and so are the warp's later groups
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
+        if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
+      }
+      rs = nrs;
+      row = nrow;
+    }
+    return;
+  }
+  [&](int64_t b, bool first_group) {  // one row group: blockIdx.x
     const int64_t row = b * 4 + threadIdx.x / kWarp;
     const bool active = row < rows;
     // The gate and up rows stream together: one pass, twice the bytes in flight.
@@ -206,7 +317,7 @@ __global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>)
       const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
       if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
     }
-  });
+  }(static_cast<int64_t>(blockIdx.x), true);
 }
 
 // The grid of a GEMV kernel of `blocks` row groups: for the looping (kPersistent) types
