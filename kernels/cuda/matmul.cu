@@ -178,6 +178,10 @@ template <DType D, int R, int NT, bool kStaged>
 __global__ void __launch_bounds__(128, kGemvMinBlocks<D, NT>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
+  // The two branches spell out the row lookup and the stores each: shared as lambdas
+  // (tried 2026-12-07) they changed the machine code, the other types' GEMVs from ~826 to
+  // ~706 instructions, code no GPU had run then; this text compiles to what passed on the
+  // H100. Share them in a session that can run the GPU suites.
   if constexpr (kPersistent<D>) {
     constexpr int P = kBatch<D> / R;
     const int64_t groups = pick(tg.block_end, tg.count - 1);
@@ -268,7 +272,7 @@ __global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>)
     gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k, Acts acts, float* out) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int lane = threadIdx.x % kWarp;
-  if constexpr (kPersistent<D>) {
+  if constexpr (kPersistent<D>) {  // two spellings of the rows and stores: see gemv_kernel
     constexpr int P = kBatch<D> / 2;
     const int64_t groups = (rows + 3) / 4;
     auto rows_of = [&](int64_t b, RowSet<2>& rs) {
