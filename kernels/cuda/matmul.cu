@@ -164,6 +164,47 @@ __device__ __forceinline__ T pick(const T (&a)[3], int m) {
   return m == 0 ? a[0] : m == 1 ? a[1] : a[2];
 }
 
+// A warp's R rows in row group b of a GemvTargets launch: the matrix m that b falls in,
+// the first row (active: the warp has rows there; rows are a multiple of R, checked on
+// the host) and where the rows' quants and scales are.
+template <int R>
+struct GemvRows {
+  RowSet<R> rs;
+  int64_t row, rows;
+  int m;
+  bool active;
+};
+
+template <DType D, int R>
+__device__ __forceinline__ GemvRows<R> gemv_rows(const GemvTargets& tg, int64_t k, int64_t b) {
+  GemvRows<R> r;
+  r.m = 0;
+  while (r.m + 1 < tg.count && b >= pick(tg.block_end, r.m)) ++r.m;
+  const int64_t first = r.m == 0 ? 0 : r.m == 1 ? tg.block_end[0] : tg.block_end[1];
+  r.row = ((b - first) * 4 + threadIdx.x / kWarp) * R;
+  r.rows = pick(tg.rows, r.m);
+  r.active = r.row < r.rows;
+#pragma unroll
+  for (int i = 0; i < R; ++i) set_row<D>(pick(tg.w, r.m), r.rows, k, r.active ? r.row + i : 0, &r.rs.w[i], &r.rs.s[i]);
+  return r;
+}
+
+// The warp's sums of acc into y (+ bias; added to y when accumulating): lane 0 stores.
+template <int R, int NT>
+__device__ __forceinline__ void store_rows(const GemvTargets& tg, const GemvRows<R>& r, float (*acc)[NT],
+                                           bool accumulate) {
+  const float* bias = pick(tg.bias, r.m);
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float v = warp_sum(acc[i][t]);
+      if (bias) v += bias[r.row + i];
+      float* y = pick(tg.y, r.m) + t * r.rows + r.row + i;
+      if (threadIdx.x % kWarp == 0) *y = accumulate ? *y + v : v;
+    }
+}
+
 // R rows per warp (gemv_multi picks R); row_dot waits for the kernel before.
 // Blocks per SM the compiler must fit: the q8 GEMV takes 137 registers left alone (3
 // blocks per SM); held to 128 (4 blocks) q8 decode went 286 -> 292 tok/s on the H100 (to
@@ -174,92 +215,38 @@ __device__ __forceinline__ T pick(const T (&a)[3], int m) {
 // weights cost 3.5%).
 template <DType D, int NT>
 constexpr int kGemvMinBlocks = D == DType::q8 ? 4 : D == DType::q4 && NT == 1 ? 5 : 0;
+
 template <DType D, int R, int NT, bool kStaged>
 __global__ void __launch_bounds__(128, kGemvMinBlocks<D, NT>) gemv_kernel(GemvTargets tg, int64_t k, Acts acts, bool accumulate) {
   extern __shared__ __align__(16) uint8_t staged[];
-  const int lane = threadIdx.x % kWarp;
-  // The two branches spell out the row lookup and the stores each: shared as lambdas
-  // (tried 2026-12-07) they changed the machine code, the other types' GEMVs from ~826 to
-  // ~706 instructions, code no GPU had run then; this text compiles to what passed on the
-  // H100. Share them in a session that can run the GPU suites.
-  if constexpr (kPersistent<D>) {
-    constexpr int P = kBatch<D> / R;
-    const int64_t groups = pick(tg.block_end, tg.count - 1);
-    struct Rows {
-      RowSet<R> rs;
-      int64_t row, rows;
-      int m;
-      bool active;
-    };
-    auto rows_of = [&](int64_t b) {
-      Rows r;
-      r.m = 0;
-      while (r.m + 1 < tg.count && b >= pick(tg.block_end, r.m)) ++r.m;
-      const int64_t first = r.m == 0 ? 0 : r.m == 1 ? tg.block_end[0] : tg.block_end[1];
-      r.row = ((b - first) * 4 + threadIdx.x / kWarp) * R;
-      r.rows = pick(tg.rows, r.m);
-      r.active = r.row < r.rows;
-#pragma unroll
-      for (int i = 0; i < R; ++i) set_row<D>(pick(tg.w, r.m), r.rows, k, r.active ? r.row + i : 0, &r.rs.w[i], &r.rs.s[i]);
-      return r;
-    };
-    Chunk<R> cur[P] = {};
-    Rows here = rows_of(blockIdx.x);
-    if (here.active) load_batch<D, R, P>(here.rs, lane, chunk_count<D>(k), cur);
-    for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) {
-      const bool more = b + gridDim.x < groups;
-      const Rows nx = rows_of(more ? b + gridDim.x : b);
-      float acc[R][NT];
-#pragma unroll
-      for (int i = 0; i < R; ++i)
-#pragma unroll
-        for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
-      row_dot_carried<D, R, NT, kStaged, P>(here.rs, nx.rs, more && nx.active, k, here.active, b == blockIdx.x, acts,
-                                            staged, acc, cur);
-      if (here.active) {
-        const float* bias = pick(tg.bias, here.m);
-#pragma unroll
-        for (int i = 0; i < R; ++i)
-#pragma unroll
-          for (int t = 0; t < NT; ++t) {
-            float v = warp_sum(acc[i][t]);
-            if (bias) v += bias[here.row + i];
-            float* y = pick(tg.y, here.m) + t * here.rows + here.row + i;
-            if (lane == 0) *y = accumulate ? *y + v : v;
-          }
-      }
-      here = nx;  // a warp past one matrix's end may have rows in the next
-    }
-    return;
-  }
-  [&](int64_t b, bool first_group) {  // one row group: blockIdx.x
-    int m = 0;
-    while (m + 1 < tg.count && b >= pick(tg.block_end, m)) ++m;
-    const int64_t first = m == 0 ? 0 : m == 1 ? tg.block_end[0] : tg.block_end[1];
-    const int64_t row = ((b - first) * 4 + threadIdx.x / kWarp) * R;
-    const int64_t rows = pick(tg.rows, m);
-    const bool active = row < rows;  // rows are a multiple of R (checked on the host)
-    float acc[R][NT];
+  float acc[R][NT];
+  auto zero = [&] {
 #pragma unroll
     for (int i = 0; i < R; ++i)
 #pragma unroll
       for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
-    RowSet<R> rs;
-#pragma unroll
-    for (int i = 0; i < R; ++i) set_row<D>(pick(tg.w, m), rows, k, active ? row + i : 0, &rs.w[i], &rs.s[i]);
-    row_dot<D, R, NT, kStaged>(rs, k, active, first_group, acts, staged, acc);
-    if (!active) return;
-    const float* bias = pick(tg.bias, m);
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        float v = warp_sum(acc[i][t]);
-        if (bias) v += bias[row + i];
-        float* y = pick(tg.y, m) + t * rows + row + i;
-        if (lane == 0) *y = accumulate ? *y + v : v;
-      }
-  }(static_cast<int64_t>(blockIdx.x), true);
+  };
+  if constexpr (kPersistent<D>) {
+    constexpr int P = kBatch<D> / R;
+    const int64_t groups = pick(tg.block_end, tg.count - 1);
+    Chunk<R> cur[P] = {};
+    GemvRows<R> here = gemv_rows<D, R>(tg, k, blockIdx.x);
+    if (here.active) load_batch<D, R, P>(here.rs, threadIdx.x % kWarp, chunk_count<D>(k), cur);
+    for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) {
+      const bool more = b + gridDim.x < groups;
+      const GemvRows<R> nx = gemv_rows<D, R>(tg, k, more ? b + gridDim.x : b);
+      zero();
+      row_dot_carried<D, R, NT, kStaged, P>(here.rs, nx.rs, more && nx.active, k, here.active, b == blockIdx.x, acts,
+                                            staged, acc, cur);
+      if (here.active) store_rows<R, NT>(tg, here, acc, accumulate);
+      here = nx;  // a warp past one matrix's end may have rows in the next
+    }
+  } else {  // one row group: blockIdx.x
+    const GemvRows<R> r = gemv_rows<D, R>(tg, k, blockIdx.x);
+    zero();
+    row_dot<D, R, NT, kStaged>(r.rs, k, r.active, true, acts, staged, acc);
+    if (r.active) store_rows<R, NT>(tg, r, acc, accumulate);
+  }
 }
 
 // out[t][r] = silu(G[r] · x_t) · (U[r] · x_t): one warp computes both rows. q4, one
@@ -267,61 +254,59 @@ __global__ void __launch_bounds__(128, kGemvMinBlocks<D, NT>) gemv_kernel(GemvTa
 // tokens keep no minimum (held to 5 blocks, they spilled 8-24 bytes).
 template <DType D, int NT>
 constexpr int kGatedMinBlocks = D == DType::q4 && NT == 1 ? 5 : 0;
+// Row group b's gate and up rows of a warp: returns the row (past the end: no rows).
+template <DType D>
+__device__ __forceinline__ int64_t gated_rows(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k, int64_t b,
+                                              RowSet<2>& rs) {
+  const int64_t row = b * 4 + threadIdx.x / kWarp;
+  set_row<D>(gate, rows, k, row < rows ? row : 0, &rs.w[0], &rs.s[0]);
+  set_row<D>(up, rows, k, row < rows ? row : 0, &rs.w[1], &rs.s[1]);
+  return row;
+}
+
+template <int NT>
+__device__ __forceinline__ void store_gated(float (*acc)[NT], int64_t row, int64_t rows, float* out) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
+    if (threadIdx.x % kWarp == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
+  }
+}
+
 template <DType D, int NT, bool kStaged>
 __global__ void __launch_bounds__(128, kGatedMinBlocks<D, NT>)
     gemv_gated_kernel(const uint8_t* gate, const uint8_t* up, int64_t rows, int64_t k, Acts acts, float* out) {
   extern __shared__ __align__(16) uint8_t staged[];
-  const int lane = threadIdx.x % kWarp;
-  if constexpr (kPersistent<D>) {  // two spellings of the rows and stores: see gemv_kernel
+  // The gate and up rows stream together: one pass, twice the bytes in flight.
+  float acc[2][NT];
+  auto zero = [&] {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+  };
+  RowSet<2> rs;
+  int64_t row = gated_rows<D>(gate, up, rows, k, blockIdx.x, rs);
+  if constexpr (kPersistent<D>) {
     constexpr int P = kBatch<D> / 2;
     const int64_t groups = (rows + 3) / 4;
-    auto rows_of = [&](int64_t b, RowSet<2>& rs) {
-      const int64_t row = b * 4 + threadIdx.x / kWarp;
-      set_row<D>(gate, rows, k, row < rows ? row : 0, &rs.w[0], &rs.s[0]);
-      set_row<D>(up, rows, k, row < rows ? row : 0, &rs.w[1], &rs.s[1]);
-      return row;
-    };
     Chunk<2> cur[P] = {};
-    RowSet<2> rs, nrs;
-    int64_t row = rows_of(blockIdx.x, rs);
-    if (row < rows) load_batch<D, 2, P>(rs, lane, chunk_count<D>(k), cur);
+    if (row < rows) load_batch<D, 2, P>(rs, threadIdx.x % kWarp, chunk_count<D>(k), cur);
     for (int64_t b = blockIdx.x; b < groups; b += gridDim.x) {
       const bool more = b + gridDim.x < groups;
-      const int64_t nrow = rows_of(more ? b + gridDim.x : b, nrs);
-      float acc[2][NT];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+      RowSet<2> nrs;
+      const int64_t nrow = gated_rows<D>(gate, up, rows, k, more ? b + gridDim.x : b, nrs);
+      zero();
       row_dot_carried<D, 2, NT, kStaged, P>(rs, nrs, more && nrow < rows, k, row < rows, b == blockIdx.x, acts, staged,
                                             acc, cur);
       if (row >= rows) return;  // and so are the warp's later groups
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
-        if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
-      }
+      store_gated<NT>(acc, row, rows, out);
       rs = nrs;
       row = nrow;
     }
-    return;
+  } else {  // one row group: blockIdx.x
+    zero();
+    row_dot<D, 2, NT, kStaged>(rs, k, row < rows, true, acts, staged, acc);
+    if (row < rows) store_gated<NT>(acc, row, rows, out);
   }
-  [&](int64_t b, bool first_group) {  // one row group: blockIdx.x
-    const int64_t row = b * 4 + threadIdx.x / kWarp;
-    const bool active = row < rows;
-    // The gate and up rows stream together: one pass, twice the bytes in flight.
-    float acc[2][NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
-    RowSet<2> rs;
-    set_row<D>(gate, rows, k, active ? row : 0, &rs.w[0], &rs.s[0]);
-    set_row<D>(up, rows, k, active ? row : 0, &rs.w[1], &rs.s[1]);
-    row_dot<D, 2, NT, kStaged>(rs, k, active, first_group, acts, staged, acc);
-    if (!active) return;
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float gv = warp_sum(acc[0][t]), uv = warp_sum(acc[1][t]);
-      if (lane == 0) out[t * rows + row] = gv / (1.0f + expf(-gv)) * uv;
-    }
-  }(static_cast<int64_t>(blockIdx.x), true);
 }
 
 // The grid of a GEMV kernel of `blocks` row groups: for the looping (kPersistent) types
