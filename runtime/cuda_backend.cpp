@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/cuda_trace.h"
 #include "runtime/progress.h"
 
 namespace kvant {
@@ -186,12 +187,23 @@ Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Model& model, s
   KVANT_CUDA_TRY(cudaMalloc(&x->counters_, counters * 4), "attention counters");
   KVANT_CUDA_TRY(cudaMemset(x->counters_, 0, counters * 4), "attention counters");
   x->gemm_ = std::make_unique<cuda::Gemm>();
-  const char* profile = std::getenv("KVANT_CUDA_PROFILE");
-  x->profile_ = profile && *profile && *profile != '0';
+  const char* profile_env = std::getenv("KVANT_CUDA_PROFILE");
+  const std::string_view profile = profile_env ? profile_env : "";
+  if (profile == "graph") {
+    std::string why;
+    x->trace_ = kernel_trace_start(&why);
+    if (!x->trace_) fmt::print(stderr, "KVANT_CUDA_PROFILE=graph: no kernel timeline: {}\n", why);
+  } else {
+    x->profile_ = !profile.empty() && profile != "0";
+  }
   return x;
 }
 
 CudaExecutor::~CudaExecutor() {
+  if (trace_) {
+    cudaStreamSynchronize(stream_);
+    fmt::print(stderr, "{}", kernel_timeline_report(kernel_trace_take()));
+  }
   if (profile_ && !profile_ms_.empty()) {
     double total = 0;
     for (const auto& [op, v] : profile_ms_) total += v.first;

@@ -88,7 +88,10 @@ class CudaExecutor {
   size_t scratch_floats_ = 0;
   int* counters_ = nullptr;      // attention's split counters (kept zero by the kernel)
   // KVANT_CUDA_PROFILE=1: nodes run without graphs, timed by op, reported at exit.
+  // KVANT_CUDA_PROFILE=graph: graphs as always, every kernel's span traced through CUPTI
+  // and the replays' timeline reported at exit (runtime/kernel_timeline.h).
   bool profile_ = false;
+  bool trace_ = false;
   std::map<std::string, std::pair<double, int64_t>> profile_ms_;
   std::unique_ptr<cuda::Gemm> gemm_;
   bool single_sequence_ = false;
