@@ -36,9 +36,11 @@ struct TraceState {
   std::string failure;  // why tracing could not start (once tried)
 };
 
+// Never destroyed: CUPTI may hand back its last buffers while the process exits, after
+// function-local statics are gone.
 TraceState& state() {
-  static TraceState s;
-  return s;
+  static TraceState* const s = new TraceState;
+  return *s;
 }
 
 constexpr size_t kBufferBytes = 8 << 20;
