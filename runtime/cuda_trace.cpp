@@ -66,9 +66,10 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   std::free(buffer);
 }
 
+// By name, as cuBLAS is loaded (kernels/cuda/matmul.cu): the folders come from the
+// library path (tools/cuda-lib-path puts the toolkit's CUPTI folder on it).
 void* open_cupti() {
-  for (const char* lib : {"libcupti.so.13", "libcupti.so", "/usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13",
-                          "/usr/local/cuda/lib64/libcupti.so.13", "/usr/local/cuda/lib/libcupti.so.13"})
+  for (const char* lib : {"libcupti.so.13", "libcupti.so"})
     if (void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL)) return h;
   return nullptr;
 }
@@ -89,7 +90,8 @@ bool kernel_trace_start(std::string* why) {
       a.result_string = reinterpret_cast<decltype(a.result_string)>(dlsym(h, "cuptiGetResultString"));
     }
     if (!h) {
-      s.failure = "libcupti.so.13 not found (put the CUDA toolkit's CUPTI folder on LD_LIBRARY_PATH)";
+      s.failure = fmt::format("cannot load libcupti.so.13 ({}); put the CUDA toolkit's CUPTI folder on LD_LIBRARY_PATH",
+                              dlerror());
     } else if (!a.register_callbacks || !a.enable || !a.flush_all || !a.next_record || !a.result_string) {
       s.failure = "libcupti lacks the activity API";
     } else {

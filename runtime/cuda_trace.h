@@ -1,7 +1,7 @@
 // Kernel spans from CUPTI's activity API, for KVANT_CUDA_PROFILE=graph: the decode graph
 // as it replays, every kernel's start and end on the GPU (runtime/kernel_timeline.h sums
-// them up). CUPTI is loaded at run time (libcupti.so.13 on the library path, or the CUDA
-// toolkit's folders), so nothing links against it; tracing is process-wide.
+// them up). CUPTI is loaded at run time (libcupti.so.13 from the library path), so
+// nothing links against it; tracing is process-wide.
 #pragma once
 
 #include <string>
