@@ -60,7 +60,8 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
       if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;
       // Later record versions only append fields: the ones read here stay where they are.
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-      s.spans.push_back({k->name ? k->name : "?", k->start, k->end, k->graphId, k->graphNodeId});
+      s.spans.push_back({k->name ? k->name : "?", k->start, k->end, k->graphId, k->graphNodeId,
+                         static_cast<uint32_t>(k->gridX) * static_cast<uint32_t>(k->gridY) * static_cast<uint32_t>(k->gridZ)});
     }
   }
   std::free(buffer);
