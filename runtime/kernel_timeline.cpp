@@ -97,10 +97,12 @@ std::string kernel_timeline_report(std::vector<KernelSpan> spans) {
       outside ? fmt::format(" ({} kernels outside graphs not shown)", outside) : std::string());
   out += fmt::format("  {:<60} {:>10} {:>9} {:>14} {:>6}\n", "kernel", "per replay", "mean us", "adds us/replay",
                      "share");
-  for (const auto& [name, r] : order)
+  for (const auto& [name, r] : order) {
+    const double share = in_replays ? 100.0 * static_cast<double>(r.added) / static_cast<double>(in_replays) : 0.0;
     out += fmt::format("  {:<60} {:>10.1f} {:>9} {:>14} {:>5.1f}%\n", name.substr(0, 60),
                        static_cast<double>(r.launches) / per, us(r.busy, static_cast<double>(r.launches)),
-                       us(r.added, per), in_replays ? 100.0 * static_cast<double>(r.added) / static_cast<double>(in_replays) : 0.0);
+                       us(r.added, per), share);
+  }
 
   // Launch order: the replays of the graph replayed most that have its usual kernel count.
   std::map<uint32_t, size_t> times;
