@@ -36,6 +36,13 @@ struct Replay {
 
 std::string us(uint64_t ns, double per = 1.0) { return fmt::format("{:.2f}", static_cast<double>(ns) / 1e3 / per); }
 
+// The key counted most often (the smallest of a tie).
+template <class K>
+K most_common(const std::map<K, size_t>& counts) {
+  return std::max_element(counts.begin(), counts.end(), [](const auto& a, const auto& b) { return a.second < b.second; })
+      ->first;
+}
+
 }  // namespace
 
 std::string kernel_timeline_report(std::vector<KernelSpan> spans) {
@@ -107,23 +114,19 @@ std::string kernel_timeline_report(std::vector<KernelSpan> spans) {
   // Launch order: the replays of the graph replayed most that have its usual kernel count.
   std::map<uint32_t, size_t> times;
   for (const Replay& r : replays) ++times[spans[r.first].graph];
-  const uint32_t graph = std::max_element(times.begin(), times.end(), [](const auto& a, const auto& b) {
-                           return a.second < b.second;
-                         })->first;
+  const uint32_t graph = most_common(times);
   std::map<size_t, size_t> counts;
   for (const Replay& r : replays)
     if (spans[r.first].graph == graph) ++counts[r.count];
-  const size_t n = std::max_element(counts.begin(), counts.end(), [](const auto& a, const auto& b) {
-                     return a.second < b.second;
-                   })->first;
+  const size_t n = most_common(counts);
   struct Slot {
     uint64_t start = 0, busy = 0, added = 0;
   };
   std::vector<Slot> slots(n);
-  size_t used = 0;
+  size_t used = 0, ref = 0;  // ref: the first such replay's first span, which names the kernels
   for (const Replay& r : replays) {
     if (spans[r.first].graph != graph || r.count != n) continue;
-    ++used;
+    if (used++ == 0) ref = r.first;
     for (size_t j = 0; j < n; ++j) {
       const KernelSpan& k = spans[r.first + j];
       slots[j].start += k.start - spans[r.first].start;
@@ -136,11 +139,6 @@ std::string kernel_timeline_report(std::vector<KernelSpan> spans) {
                      tail && head + tail < n ? "the first 20 and the last 3" : "all");
   out += fmt::format("  {:>4}  {:<60} {:>7} {:>10} {:>9} {:>8}\n", "#", "kernel", "blocks", "starts us", "span us",
                      "adds us");
-  const size_t ref = [&] {  // the first such replay names the kernels
-    for (const Replay& r : replays)
-      if (spans[r.first].graph == graph && r.count == n) return r.first;
-    return size_t{0};
-  }();
   const double u = static_cast<double>(used);
   for (size_t j = 0; j < n; ++j) {
     if (j >= head && j < n - tail) {
