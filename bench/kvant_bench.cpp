@@ -13,6 +13,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "runtime/context.h"
 #include "runtime/progress.h"
+#include "runtime/sampler.h"
 #if KVANT_HAVE_CUDA
 #include "runtime/cuda_backend.h"
 #endif
@@ -44,7 +45,6 @@ struct TestResult {
   }
 };
 
-int32_t argmax(std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
 
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -7,6 +7,31 @@
 
 namespace kvant {
 
+int32_t argmax(std::span<const float> values) {
+  constexpr size_t kBlock = 256, kLanes = 8;
+  const size_t n = values.size();
+  float best = -INFINITY;
+  size_t best_block = 0;
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t end = std::min(n, start + kBlock);
+    float lane_max[kLanes];
+    for (float& m : lane_max) m = -INFINITY;
+    size_t i = start;
+    for (; i + kLanes <= end; i += kLanes)
+      for (size_t j = 0; j < kLanes; ++j) lane_max[j] = values[i + j] > lane_max[j] ? values[i + j] : lane_max[j];
+    float m = -INFINITY;
+    for (float l : lane_max) m = l > m ? l : m;
+    for (; i < end; ++i) m = values[i] > m ? values[i] : m;
+    if (m > best) {
+      best = m;
+      best_block = start;
+    }
+  }
+  for (size_t i = best_block; i < n; ++i)
+    if (values[i] == best) return static_cast<int32_t>(i);
+  return 0;
+}
+
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {}
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
@@ -28,8 +53,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
       l -= static_cast<float>(count) * o.frequency_penalty + o.presence_penalty;
     }
   }
-  if (o.temperature <= 0.0f)
-    return static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
+  if (o.temperature <= 0.0f) return argmax(work_);
 
   // Candidates sorted by logit (top-k first bounds the sort).
   ids_.resize(static_cast<size_t>(n));
