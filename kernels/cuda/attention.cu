@@ -539,14 +539,19 @@ __host__ __device__ inline size_t split_smem_bytes(int g, int hd, const KvLayout
   return static_cast<size_t>(4 * g * hd) * sizeof(float) + buffers * chunk_buffer_bytes(hd, L);
 }
 
-// kOffsets: the KV type has key offset rows (q4), a template parameter so that the
-// other types' kernels carry none of that code (with a runtime flag their decode at
-// 4096 positions ran 8% slower).
+// kT: the KV type, a template parameter so that each type's kernel carries only its own
+// row decoding (q4: and its key offset rows; with a runtime flag for those, the other
+// types' decode at 4096 positions ran 8% slower). A kernel for every type was 5056
+// instructions, of which a short context runs ~1350 spread through it: sampled in
+// Nsight Compute, 42% of its warps' stalls were instruction fetches (no_inst). Per type
+// (and with one copy of the output step below), the f16 kernel is 3016 instructions and
+// 64 registers (from 117): no_inst 12% of the stalls, 9.8 -> 7.2-7.5 us in isolation,
+// q4 decode on the H100 467.2 -> 471.2 tok/s (+0.85%; +0.5% at 4096 positions, INT8 KV).
 // P > 1 holds its registers to 64, 8 blocks per SM (its first version took 77, 6 blocks:
 // 33.8 -> 30.9 us per layer at 4096 positions once held); the others are left alone (held
 // to 64, the wide-head and GQA kernels spilled hundreds of bytes).
 // resident: how many blocks of this kernel the GPU holds at once (the host's occupancy).
-template <int E, int G, bool kOffsets, int P>
+template <int E, int G, KvType kT, int P>
 __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
     attend_split_kernel(DeviceKv kv, uint32_t layer, const float* q, int n_heads, int n_kv_heads, int hd,
                         const int32_t* positions, const int32_t* slots, int window, int resident, int max_splits,
@@ -566,7 +571,8 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
   const int64_t c0 = s * per_split, c1 = min(chunks, c0 + per_split);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const Lanes<E> ln = lanes_for<E>(hd);
-  const bool rot = rotated(kv.layout.type, hd);
+  constexpr bool kOffsets = kT == KvType::q4;
+  const bool rot = rotated(kT, hd);
 
   __shared__ float sm_m[4][G], sm_l[4][G];
   __shared__ bool sm_last;
@@ -574,8 +580,8 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
 
   const int slot = slots[t];
   const Regions regs = regions_of(kv, slot, layer, static_cast<uint32_t>(g));
-  const KvType type = kv.layout.type;
-  const bool quantized = type == KvType::q8 || type == KvType::q4;
+  constexpr KvType type = kT;
+  constexpr bool quantized = type == KvType::q8 || type == KvType::q4;
   const int rb = static_cast<int>(kv.layout.row_bytes());
   uint8_t* const buffers = reinterpret_cast<uint8_t*>(sm_acc + 4 * G * hd);
   const size_t buffer_bytes = chunk_buffer_bytes(hd, kv.layout);
@@ -851,120 +857,116 @@ __global__ void __launch_bounds__(128, P > 1 ? 8 : 0)
       for (int e = 0; e < EP; ++e) sm_acc[(warp * G + i) * hd + sl * EP + e] = acc[i][e];
   }
   __syncthreads();
-  // Head i's output from its unnormalized sum A and softmax sum L (warp 0): rotated back
-  // (q4 KV), written, and its int8 records made.
-  auto finish = [&](int i, float (&A)[E], float L) {
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) A[e] = lane < ln.active ? A[e] * inv : 0.0f;
-    if (rot) warp_hadamard<E>(A, hd, lane);
-    if (lane < ln.active)
-#pragma unroll
-      for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
-    if (out_q)
-      quantize_act_lanes<E>(A, lane, lane < ln.active, static_cast<int64_t>(h0 + i) * hd,
-                            static_cast<int64_t>(n_heads) * hd, out_q + t * q_stride);
-  };
   // A split that is the only one (contexts of up to kSplit positions) is the result:
   // no partial goes through scratch, no count, no merge (q4 decode +2% over 128 tokens
-  // from an empty context on the H200). The same arithmetic as the merge below, which
-  // then multiplies by exp(0) and adds zeros.
-  if (splits == 1) {
-    if (warp == 0)
-      for (int i = 0; i < G; ++i) {
-        const float mm = fmaxf(fmaxf(sm_m[0][i], sm_m[1][i]), fmaxf(sm_m[2][i], sm_m[3][i]));
-        float A[E], L = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) A[e] = 0.0f;
-        for (int w = 0; w < 4; ++w)
-          if (sm_m[w][i] != -INFINITY) {
-            const float f = expf(sm_m[w][i] - mm);
-            L += f * sm_l[w][i];
-            if (lane < ln.active)
-#pragma unroll
-              for (int e = 0; e < E; ++e) A[e] += f * sm_acc[(w * G + i) * hd + lane * E + e];
-          }
-        finish(i, A, L);
-      }
-    return;
-  }
-  // The block's partial: scratch[t][head][s] = (max, sum, acc[hd]).
+  // from an empty context on the H200). Otherwise the block writes its partial and the
+  // last of the splits merges them. Both paths end in the one output step below (one
+  // copy of its code: a short context's warps wait on instruction fetches).
   auto partial = [&](int i, int split) {
     return scratch + ((t * n_heads + h0 + i) * static_cast<int64_t>(max_splits) + split) * (hd + 2);
   };
-  for (int idx = threadIdx.x; idx < G * (hd + 2); idx += blockDim.x) {
-    const int i = idx / (hd + 2), d = idx % (hd + 2);
-    float mm = -INFINITY;
-    for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sm_m[w][i]);
-    float value = mm;
-    if (d > 0) {
-      value = 0.0f;
-      for (int w = 0; w < 4; ++w)
-        if (sm_m[w][i] != -INFINITY)
-          value += expf(sm_m[w][i] - mm) * (d == 1 ? sm_l[w][i] : sm_acc[(w * G + i) * hd + d - 2]);
+  if (splits > 1) {
+    // The block's partial: scratch[t][head][s] = (max, sum, acc[hd]).
+    for (int idx = threadIdx.x; idx < G * (hd + 2); idx += blockDim.x) {
+      const int i = idx / (hd + 2), d = idx % (hd + 2);
+      float mm = -INFINITY;
+      for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sm_m[w][i]);
+      float value = mm;
+      if (d > 0) {
+        value = 0.0f;
+        for (int w = 0; w < 4; ++w)
+          if (sm_m[w][i] != -INFINITY)
+            value += expf(sm_m[w][i] - mm) * (d == 1 ? sm_l[w][i] : sm_acc[(w * G + i) * hd + d - 2]);
+      }
+      partial(i, s)[d] = value;
     }
-    partial(i, s)[d] = value;
+    // Thread 0's count is an acquire-release atomic: as a release it publishes every
+    // thread's partial (the barrier orders them before it), as an acquire it lets the last
+    // block read the others' (the barrier after it orders the reads; it also drops the
+    // SM's L1 lines, which may hold a previous launch's partials). That is one
+    // MEMBAR.ALL.GPU per block where __threadfence() before and after the count made every
+    // warp wait on a MEMBAR.SC.GPU, twice.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int* counter = counters + t * gridDim.x + blockIdx.x;
+      ::cuda::atomic_ref<int, ::cuda::thread_scope_device> count(*counter);
+      sm_last = count.fetch_add(1, ::cuda::memory_order_acq_rel) == splits - 1;
+      if (sm_last) *counter = 0;  // ready for the next launch
+    }
+    __syncthreads();
+    if (!sm_last) return;
   }
-  // The last of the splits merges them. Thread 0's count is an acquire-release atomic:
-  // as a release it publishes every thread's partial (the barrier orders them before
-  // it), as an acquire it lets the last block read the others' (the barrier after it
-  // orders the reads; it also drops the SM's L1 lines, which may hold a previous
-  // launch's partials). That is one MEMBAR.ALL.GPU per block where __threadfence()
-  // before and after the count made every warp wait on a MEMBAR.SC.GPU, twice.
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = counters + t * gridDim.x + blockIdx.x;
-    ::cuda::atomic_ref<int, ::cuda::thread_scope_device> count(*counter);
-    sm_last = count.fetch_add(1, ::cuda::memory_order_acq_rel) == splits - 1;
-    if (sm_last) *counter = 0;  // ready for the next launch
-  }
-  __syncthreads();
-  if (!sm_last) return;
   // The merge runs over all splits with the whole block: the splits' maxima and sums
   // one split per thread, the outputs one split per warp at a time with the loads of
   // several splits in flight. (A single warp walking the splits one by one waited on L2
-  // for each: ~40 µs per layer at a 4096-token context.)
+  // for each: ~40 µs per layer at a 4096-token context.) A single split is merged from
+  // the warps' shared sums by warp 0 alone, the same arithmetic.
   __shared__ float sm_red[4];
   for (int i = 0; i < G; ++i) {
-    float mm = -INFINITY;
-    for (int sp = threadIdx.x; sp < splits; sp += blockDim.x) mm = fmaxf(mm, partial(i, sp)[0]);
-    mm = warp_max(mm);
-    if (lane == 0) sm_red[warp] = mm;
-    __syncthreads();
-    mm = fmaxf(fmaxf(sm_red[0], sm_red[1]), fmaxf(sm_red[2], sm_red[3]));
-    __syncthreads();
-    float L = 0.0f;
-    for (int sp = threadIdx.x; sp < splits; sp += blockDim.x) {
-      const float* part = partial(i, sp);
-      if (part[0] != -INFINITY) L += expf(part[0] - mm) * part[1];
-    }
-    L = warp_sum(L);
-    if (lane == 0) sm_red[warp] = L;
-    float A[E];
+    float A[E], L = 0.0f;
 #pragma unroll
     for (int e = 0; e < E; ++e) A[e] = 0.0f;
+    if (splits == 1) {
+      if (warp != 0) return;
+      const float mm = fmaxf(fmaxf(sm_m[0][i], sm_m[1][i]), fmaxf(sm_m[2][i], sm_m[3][i]));
+      for (int w = 0; w < 4; ++w)
+        if (sm_m[w][i] != -INFINITY) {
+          const float f = expf(sm_m[w][i] - mm);
+          L += f * sm_l[w][i];
+          if (lane < ln.active)
+#pragma unroll
+            for (int e = 0; e < E; ++e) A[e] += f * sm_acc[(w * G + i) * hd + lane * E + e];
+        }
+    } else {
+      float mm = -INFINITY;
+      for (int sp = threadIdx.x; sp < splits; sp += blockDim.x) mm = fmaxf(mm, partial(i, sp)[0]);
+      mm = warp_max(mm);
+      if (lane == 0) sm_red[warp] = mm;
+      __syncthreads();
+      mm = fmaxf(fmaxf(sm_red[0], sm_red[1]), fmaxf(sm_red[2], sm_red[3]));
+      __syncthreads();
+      for (int sp = threadIdx.x; sp < splits; sp += blockDim.x) {
+        const float* part = partial(i, sp);
+        if (part[0] != -INFINITY) L += expf(part[0] - mm) * part[1];
+      }
+      L = warp_sum(L);
+      if (lane == 0) sm_red[warp] = L;
 #pragma unroll 4
-    for (int sp = warp; sp < splits; sp += 4) {
-      const float* part = partial(i, sp);
-      const float f = part[0] == -INFINITY ? 0.0f : expf(part[0] - mm);
+      for (int sp = warp; sp < splits; sp += 4) {
+        const float* part = partial(i, sp);
+        const float f = part[0] == -INFINITY ? 0.0f : expf(part[0] - mm);
+        if (lane < ln.active)
+#pragma unroll
+          for (int e = 0; e < E; ++e) A[e] += f * part[2 + lane * E + e];
+      }
       if (lane < ln.active)
 #pragma unroll
-        for (int e = 0; e < E; ++e) A[e] += f * part[2 + lane * E + e];
-    }
-    if (lane < ln.active)
+        for (int e = 0; e < E; ++e) sm_acc[warp * hd + lane * E + e] = A[e];
+      __syncthreads();
+      if (warp == 0) {
+        L = sm_red[0] + sm_red[1] + sm_red[2] + sm_red[3];
 #pragma unroll
-      for (int e = 0; e < E; ++e) sm_acc[warp * hd + lane * E + e] = A[e];
-    __syncthreads();
-    if (warp == 0) {
-      L = sm_red[0] + sm_red[1] + sm_red[2] + sm_red[3];
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int d = lane * E + e;
-        A[e] = lane < ln.active ? sm_acc[d] + sm_acc[hd + d] + sm_acc[2 * hd + d] + sm_acc[3 * hd + d] : 0.0f;
+        for (int e = 0; e < E; ++e) {
+          const int d = lane * E + e;
+          A[e] = lane < ln.active ? sm_acc[d] + sm_acc[hd + d] + sm_acc[2 * hd + d] + sm_acc[3 * hd + d] : 0.0f;
+        }
       }
-      finish(i, A, L);
     }
-    __syncthreads();
+    // Head i's output from its unnormalized sum A and softmax sum L (warp 0): rotated back
+    // (q4 KV), written, and its int8 records made.
+    if (warp == 0) {
+      const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) A[e] = lane < ln.active ? A[e] * inv : 0.0f;
+      if (rot) warp_hadamard<E>(A, hd, lane);
+      if (lane < ln.active)
+#pragma unroll
+        for (int e = 0; e < E; ++e) out[(t * n_heads + h0 + i) * hd + lane * E + e] = A[e];
+      if (out_q)
+        quantize_act_lanes<E>(A, lane, lane < ln.active, static_cast<int64_t>(h0 + i) * hd,
+                              static_cast<int64_t>(n_heads) * hd, out_q + t * q_stride);
+    }
+    if (splits > 1) __syncthreads();
   }
 }
 
@@ -1341,9 +1343,12 @@ void launch_split(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_
   // meet bank conflicts, q4 keys carry offset rows and a rotation across the warp.)
   constexpr int kP = G == 1 && E == 4 ? 4 : G == 1 && E == 8 ? 2 : 1;
   const bool side_by_side = kP > 1 && kv.layout.type == KvType::q8 && hd % (E * kP) == 0;
-  const auto kernel = kv.layout.key_offsets() ? attend_split_kernel<E, G, true, 1>
-                      : side_by_side          ? attend_split_kernel<E, G, false, kP>
-                                              : attend_split_kernel<E, G, false, 1>;
+  const KvType type = kv.layout.type;
+  const auto kernel = side_by_side              ? attend_split_kernel<E, G, KvType::q8, kP>
+                      : type == KvType::q8      ? attend_split_kernel<E, G, KvType::q8, 1>
+                      : type == KvType::q4      ? attend_split_kernel<E, G, KvType::q4, 1>
+                      : type == KvType::f16     ? attend_split_kernel<E, G, KvType::f16, 1>
+                                                : attend_split_kernel<E, G, KvType::f32, 1>;
   // Where two chunk buffers do not fit (f32 rows of 256-wide heads: 128 KB a chunk) the
   // block gets one and every split one chunk (`resident` too large to share them out):
   // the kernel then never touches the second buffer.
