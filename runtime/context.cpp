@@ -249,9 +249,7 @@ Status Context::execute(const Plan& plan, const BatchInfo& batch, std::span<cons
     begin = end;
   }
   if (out.on_gpu) {
-    cudaMemcpyAsync(logits_.data(), cuda_->arena() + out.offset[0], static_cast<size_t>(logit_floats) * 4,
-                    cudaMemcpyDeviceToHost, cuda_->stream());
-    KVANT_TRY(cuda_->synchronize());
+    KVANT_TRY(cuda_->fetch(out.offset[0], logits_.data(), static_cast<size_t>(logit_floats)));
   } else {
     std::memcpy(logits_.data(), executor_->arena() + out.offset[0], static_cast<size_t>(logit_floats) * 4);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "runtime/cuda_trace.h"
 #include "runtime/progress.h"
@@ -180,6 +181,8 @@ Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Model& model, s
   KVANT_CUDA_TRY(cudaMalloc(&x->d_inputs_, x->input_ints_ * 4), "batch inputs");
   KVANT_CUDA_TRY(cudaMallocHost(&x->h_inputs_, x->input_ints_ * 4), "batch inputs");
   const ModelConfig& c = model.config();
+  x->logit_floats_ = static_cast<size_t>(std::min(max_tokens, cuda::kMaxGemvTokens) * c.vocab_size);
+  KVANT_CUDA_TRY(cudaMallocHost(&x->h_logits_, x->logit_floats_ * 4), "logits");
   x->scratch_floats_ = std::max(cuda::attention_scratch_floats(max_tokens, c.n_heads, c.head_dim, n_ctx),
                                 static_cast<size_t>(2 * max_tokens * c.ffn_dim));
   KVANT_CUDA_TRY(cudaMalloc(&x->scratch_, x->scratch_floats_ * 4), "scratch");
@@ -219,6 +222,7 @@ CudaExecutor::~CudaExecutor() {
   cudaFree(arena_);
   cudaFree(d_inputs_);
   cudaFreeHost(h_inputs_);
+  cudaFreeHost(h_logits_);
   cudaFree(scratch_);
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -246,6 +250,15 @@ Status CudaExecutor::prepare(const Plan& plan) {
     return Status::error(ErrorCode::out_of_memory, "cannot allocate {} of activations on the GPU",
                          format_bytes(static_cast<double>(plan.arena_bytes)));
   arena_size_ = plan.arena_bytes;
+  return Status::ok();
+}
+
+Status CudaExecutor::fetch(int64_t offset, float* dst, size_t floats) {
+  const bool staged = floats <= logit_floats_;
+  KVANT_CUDA_TRY(cudaMemcpyAsync(staged ? h_logits_ : dst, arena_ + offset, floats * 4, cudaMemcpyDeviceToHost, stream_),
+                 "logits");
+  KVANT_TRY(synchronize());
+  if (staged) std::memcpy(dst, h_logits_, floats * 4);
   return Status::ok();
 }
 
@@ -330,6 +343,26 @@ Status CudaExecutor::launch_nodes(const Plan& plan, size_t begin, size_t end) {
   return Status::ok();
 }
 
+// Whether the decode RMSNorm at `index` (and the quantize after it) may be left to the
+// GEMVs of the node after them: that node multiplies the records and nothing else in the
+// plan reads the norm's output or the records (the GEMVs may not write them: RmsNormIn).
+bool CudaExecutor::norm_left_to_gemv(const Plan& plan, size_t index) {
+  const auto& nodes = plan.graph.nodes();
+  if (index + 2 >= nodes.size()) return false;
+  const Node& user = nodes[index + 2];
+  const int norm = static_cast<int>(index), quantize = norm + 1;
+  if (!user.on_gpu || (user.op != Op::matmul && user.op != Op::matmul_multi && user.op != Op::ffn_gated) ||
+      user.in[0] != Ref{norm, 0} || user.q_in != Ref{quantize, 0} || user.residual)
+    return false;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (i == index + 1 || i == index + 2 || nodes[i].dead) continue;
+    for (const Ref& r : nodes[i].in)
+      if (r.node == norm || r.node == quantize) return false;
+    if (nodes[i].q_in.node == norm || nodes[i].q_in.node == quantize) return false;
+  }
+  return plan.graph.output.node != norm && plan.graph.output.node != quantize;
+}
+
 Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end) {
   const auto& nodes = plan.graph.nodes();
   const Node& n = nodes[index];
@@ -348,6 +381,9 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
 
   const bool decode = rows <= cuda::kMaxGemvTokens;
   const uint8_t* xq = n.q_in.valid() ? bytes_in(n.q_in) : nullptr;
+  // The RMSNorm of this node's input, where the norm node left it to this node's GEMVs.
+  const cuda::RmsNormIn pending = std::exchange(pending_norm_, cuda::RmsNormIn{});
+  const cuda::RmsNormIn* norm = pending.in ? &pending : nullptr;
   // In decode, where the next node quantizes this node's output for a GEMV: its records,
   // for this node's kernel to write itself (the node is then covered too); else null.
   auto fused_quantize = [&]() -> uint8_t* {
@@ -378,9 +414,10 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       same = same && ws[p].dtype == ws[0].dtype && ws[p].cols == ws[0].cols;
     }
     if (decode) {
-      if (same) cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, accumulate, s);
+      if (same) cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, accumulate, s, norm);
       else
-        for (int p = 0; p < count; ++p) cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s);
+        for (int p = 0; p < count; ++p)
+          cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s, norm);
       return Status::ok();
     }
     if (const char* err = gemm_->run_shared(wp, ys, count, in(n.in[0]), rows, 0, accumulate, s))
@@ -403,8 +440,13 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
     }
     case Op::select_rows: cuda::select_rows(in(n.in[0]), output_rows, rows, n.width, out(), s); return size_t{1};
     case Op::norm: {
-      // A decode-sized RMSNorm followed by the quantize of its output: one kernel.
+      // A decode-sized RMSNorm followed by the quantize of its output: left to the GEMVs
+      // of the node after, when only they read it (RmsNormIn), else one kernel.
       if (uint8_t* q = fused_quantize(); q && n.norm == NormKind::rms) {
+        if (index + 2 < end && norm_left_to_gemv(plan, index)) {
+          pending_norm_ = cuda::RmsNormIn{in(n.in[0]), W.vec(n.vec), n.eps, out(), q};
+          return size_t{2};
+        }
         cuda::rms_norm_quantize(in(n.in[0]), W.vec(n.vec), rows, n.width, n.eps, out(), q, s);
         return size_t{2};
       }
@@ -427,7 +469,7 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       if (decode && n.w[0]->dtype == n.w[1]->dtype) {  // gate, up and SiLU in one launch
         KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix g, device_matrix(n.w[0]));
         KVANT_ASSIGN_OR_RETURN(const cuda::DeviceMatrix u, device_matrix(n.w[1]));
-        cuda::gemv_gated(g, u, in(n.in[0]), xq, rows, out(), s);
+        cuda::gemv_gated(g, u, in(n.in[0]), xq, rows, out(), s, norm);
         return size_t{1};
       }
       float* gate = scratch_;

@@ -60,6 +60,10 @@ class CudaExecutor {
   Status run(const Plan& plan, const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids,
              size_t begin, size_t end);
   uint8_t* arena() { return arena_; }
+  // Copies `floats` floats at arena byte offset `offset` (the logits) to dst and waits for
+  // them. Decode-sized reads go through a pinned buffer: into pageable memory the driver
+  // staged every read itself.
+  Status fetch(int64_t offset, float* dst, size_t floats);
   cudaStream_t stream() const { return stream_; }
   Status synchronize();
 
@@ -69,6 +73,7 @@ class CudaExecutor {
   // Runs node `index` (and returns how many nodes it covered: a norm fused with the
   // quantize that follows it counts two).
   Result<size_t> run_node(const Plan& plan, size_t index, size_t end);
+  static bool norm_left_to_gemv(const Plan& plan, size_t index);
 
   const Model* model_ = nullptr;
   std::shared_ptr<const CudaWeights> weights_;
@@ -84,6 +89,8 @@ class CudaExecutor {
   int32_t* d_inputs_ = nullptr;  // tokens | positions | slots | output rows | page table
   int32_t* h_inputs_ = nullptr;  // pinned
   size_t input_ints_ = 0;
+  float* h_logits_ = nullptr;    // pinned, for fetch
+  size_t logit_floats_ = 0;
   float* scratch_ = nullptr;     // attention partials and FFN gate/up rows
   size_t scratch_floats_ = 0;
   int* counters_ = nullptr;      // attention's split counters (kept zero by the kernel)
@@ -94,6 +101,7 @@ class CudaExecutor {
   bool trace_ = false;
   std::map<std::string, std::pair<double, int64_t>> profile_ms_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  cuda::RmsNormIn pending_norm_;  // a norm left to the next node's GEMVs (run_node)
   bool single_sequence_ = false;
   int64_t n_tokens_ = 0;
   // Captured decode graphs by (plan, begin, end).

@@ -237,6 +237,70 @@ TEST(CudaKernels, MultiAndGatedGemvsMatchTheCpu) {
   }
 }
 
+// GEMVs given the RMSNorm of their input (RmsNormIn: q4 blocks that stage their
+// activations normalize and quantize it themselves; other types and sizes run the norm
+// kernel first) against the CPU's rms_norm and then its matmul. Tolerance 5e-5 where the
+// others have 1e-5: each block sums the squares in its own order, so a record's rounding
+// may differ by one step from the CPU's.
+TEST(CudaKernels, GemvsThatNormalizeTheirInputMatchNormThenGemv) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::q4, DType::q8, DType::f16}) {
+    for (int64_t cols : {int64_t{1536}, int64_t{4160}, int64_t{11008}}) {
+      const int64_t rows[3] = {1024, 256, 130};
+      std::vector<std::vector<uint8_t>> w;
+      for (int i = 0; i < 3; ++i) w.push_back(make_weights(dtype, rows[i], cols, static_cast<uint64_t>(300 + 7 * i + cols)));
+      const auto up = make_weights(dtype, rows[0], cols, 17);
+      const auto norm_w = test::gaussian(static_cast<size_t>(cols), static_cast<uint64_t>(cols), 1.0f);
+      for (int64_t n : {1, 2, 8}) {
+        const std::string what = std::string(dtype_name(dtype)) + " k=" + std::to_string(cols) + " n=" + std::to_string(n);
+        const auto in = test::gaussian(static_cast<size_t>(n * cols), static_cast<uint64_t>(n * 31 + cols), 3.0f);
+        std::vector<float> normed(in.size());
+        for (int64_t t = 0; t < n; ++t)
+          cpu::rms_norm(in.data() + t * cols, norm_w.data(), cols, 1e-5f, normed.data() + t * cols, cpu::SimdLevel::scalar);
+        DeviceBuffer<float> din(in), dnw(norm_w), dx(in.size());
+        DeviceBuffer<uint8_t> dq(cuda::act_bytes(cols) * static_cast<size_t>(n));
+        const cuda::RmsNormIn norm{din.p, dnw.p, 1e-5f, dx.p, dq.p};
+        {  // q, k, v
+          std::vector<DeviceBuffer<uint8_t>> dw;
+          std::vector<DeviceBuffer<float>> dy;
+          cuda::DeviceMatrix ms[3];
+          const cuda::DeviceMatrix* mp[3];
+          float* ys[3];
+          const float* bs[3] = {nullptr, nullptr, nullptr};
+          dw.reserve(3), dy.reserve(3);
+          for (int i = 0; i < 3; ++i) {
+            dw.emplace_back(w[static_cast<size_t>(i)]);
+            dy.emplace_back(static_cast<size_t>(n * rows[i]));
+            cudaMemset(dy.back().p, 0xff, dy.back().n * 4);
+            ms[i] = {dtype, rows[i], cols, dw.back().p};
+            mp[i] = &ms[i];
+            ys[i] = dy.back().p;
+          }
+          cuda::gemv_multi(mp, ys, bs, 3, dx.p, dq.p, n, false, nullptr, &norm);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
+          for (int i = 0; i < 3; ++i)
+            EXPECT_LT(rel_error(dy[static_cast<size_t>(i)].download(),
+                                cpu_matmul(dtype, w[static_cast<size_t>(i)], rows[i], cols, normed, n)),
+                      5e-5)
+                << what << " matrix " << i;
+        }
+        {  // gate and up, SiLU in the kernel
+          DeviceBuffer<uint8_t> dg(w[0]), du(up);
+          DeviceBuffer<float> dout(static_cast<size_t>(n * rows[0]));
+          cudaMemset(dout.p, 0xff, dout.n * 4);
+          const cuda::DeviceMatrix g{dtype, rows[0], cols, dg.p}, u{dtype, rows[0], cols, du.p};
+          cuda::gemv_gated(g, u, dx.p, dq.p, n, dout.p, nullptr, &norm);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
+          const auto gv = cpu_matmul(dtype, w[0], rows[0], cols, normed, n), uv = cpu_matmul(dtype, up, rows[0], cols, normed, n);
+          std::vector<float> gated(gv.size());
+          for (size_t e = 0; e < gv.size(); ++e) gated[e] = gv[e] / (1.0f + std::exp(-gv[e])) * uv[e];
+          EXPECT_LT(rel_error(dout.download(), gated), 5e-5) << what << " gated";
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaKernels, QuantizedActivationsEqualTheCpus) {
   SKIP_WITHOUT_GPU();
   for (int64_t k : {64, 576, 4096}) {

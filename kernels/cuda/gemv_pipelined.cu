@@ -272,8 +272,12 @@ __global__ void __launch_bounds__(Warps<kGated, kCached>::threads, 1)
 
   grid_dependency_wait();
   launch_dependents();
-  // The activations, once per block (cp.async by the consumer threads).
-  {
+  // The activations, once per block (cp.async by the consumer threads), or their RMSNorm
+  // and records made here (RmsNormIn) while the producer's first copies are in flight.
+  if constexpr (kIntActs<D>) {
+    if (acts.norm_w) stage_normed_acts<NT, W::consumers>(acts, sh.k, staged_acts, [] { consumers_sync<W::consumers>(); });
+  }
+  if (!kIntActs<D> || !acts.norm_w) {
     const auto* src = kIntActs<D> ? acts.xq : reinterpret_cast<const uint8_t*>(acts.x);
     const size_t bytes = acts_bytes<D>(sh.k, NT, acts.act_stride);
     for (size_t i = threadIdx.x * size_t{16}; i < bytes; i += W::consumers * kWarp * size_t{16})
@@ -473,8 +477,27 @@ bool pipelinable(const DeviceMatrix* const* w, int count, int64_t n) {
 
 void set_pipelined_gemv(bool enabled) { pipelined_enabled = enabled; }
 
+namespace {
+
+// The Acts of a pipelined GEMV: a q8 GEMV's blocks take the norm (RmsNormIn,
+// stage_normed_acts); for f16 weights it runs first.
+Acts pipelined_acts(DType dtype, int64_t k, int64_t n, const float* x, const uint8_t* xq, const RmsNormIn* norm,
+                    cudaStream_t stream) {
+  Acts a{xq, act_bytes(k), x};
+  if (norm && dtype == DType::q8 && k % 32 == 0) {
+    a.norm_x = norm->in;
+    a.norm_w = norm->w;
+    a.eps = norm->eps;
+  } else if (norm) {
+    rms_norm_quantize(norm->in, norm->w, n, k, norm->eps, norm->out, norm->q, stream);
+  }
+  return a;
+}
+
+}  // namespace
+
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
-                    const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream) {
+                    const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm) {
   if (count < 1 || count > 3 || !pipelinable(w, count, n)) return false;
   PipeTargets tg{};
   tg.count = count;
@@ -484,12 +507,12 @@ bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* 
     tg.y[i] = y[i];
     tg.bias[i] = bias[i];
   }
-  const Acts a{xq, act_bytes(w[0]->cols), x};
-  return launch_pipelined<false>(w[0]->dtype, n, tg, w[0]->cols, a, accumulate, stream);
+  return launch_pipelined<false>(w[0]->dtype, n, tg, w[0]->cols, pipelined_acts(w[0]->dtype, w[0]->cols, n, x, xq, norm, stream),
+                                 accumulate, stream);
 }
 
 bool gemv_gated_pipelined(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n,
-                          float* out, cudaStream_t stream) {
+                          float* out, cudaStream_t stream, const RmsNormIn* norm) {
   const DeviceMatrix* ws[2] = {&gate, &up};
   if (gate.rows != up.rows || !pipelinable(ws, 2, n)) return false;
   PipeTargets tg{};
@@ -498,8 +521,8 @@ bool gemv_gated_pipelined(const DeviceMatrix& gate, const DeviceMatrix& up, cons
   tg.up = up.data;
   tg.rows[0] = gate.rows;
   tg.y[0] = out;
-  const Acts a{xq, act_bytes(gate.cols), x};
-  return launch_pipelined<true>(gate.dtype, n, tg, gate.cols, a, false, stream);
+  return launch_pipelined<true>(gate.dtype, n, tg, gate.cols, pipelined_acts(gate.dtype, gate.cols, n, x, xq, norm, stream),
+                                false, stream);
 }
 
 }  // namespace kvant::cuda

@@ -92,13 +92,24 @@ void quantize_acts(const float* x, int64_t n, int64_t k, uint8_t* out, cudaStrea
 constexpr int64_t kMaxGemvTokens = 8;
 void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, float* y, int64_t ldy, bool accumulate,
           cudaStream_t stream);
+// An RMSNorm (of `in`, n rows of the GEMV's width, weight w) whose output a GEMV below
+// multiplies, left to the GEMV: q8 GEMVs on the copy pipeline make its int8 records in
+// each block (no norm kernel, nothing written to out or q); the others run
+// rms_norm_quantize into out and q, the x and xq they are given, first.
+struct RmsNormIn {
+  const float* in = nullptr;
+  const float* w = nullptr;
+  float eps = 0.0f;
+  float* out = nullptr;
+  uint8_t* q = nullptr;
+};
 // Up to three matrices of one input, dtype and row length in one launch (q, k, v); y[i]
 // is [n, w[i].rows]; bias[i] may be null.
 void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
-                const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream);
+                const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm = nullptr);
 // out = silu(gate · x) * (up · x) for n ≤ 8 tokens, one launch.
 void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n, float* out,
-                cudaStream_t stream);
+                cudaStream_t stream, const RmsNormIn* norm = nullptr);
 
 // The decode GEMVs above take the copy pipeline (gemv_pipelined.cu) where it applies:
 // an sm_90 GPU, q8/f16 weights with rows a multiple of 256 long, activations and two
@@ -108,9 +119,9 @@ void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x
 // register-streaming kernels (tests compare both paths against the CPU; the variable
 // KVANT_CUDA_GEMV=streaming starts a process that way, for measurements).
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
-                    const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream);
+                    const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm = nullptr);
 bool gemv_gated_pipelined(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n,
-                          float* out, cudaStream_t stream);
+                          float* out, cudaStream_t stream, const RmsNormIn* norm = nullptr);
 void set_pipelined_gemv(bool enabled);
 
 // Prefill GEMM through cuBLAS tensor cores: quantized weights are first dequantized to
