@@ -414,10 +414,14 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       same = same && ws[p].dtype == ws[0].dtype && ws[p].cols == ws[0].cols;
     }
     if (decode) {
-      if (same) cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, accumulate, s, norm);
-      else
-        for (int p = 0; p < count; ++p)
-          cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s, norm);
+      if (same) {
+        cuda::gemv_multi(wp, ys, bs, count, in(n.in[0]), xq, rows, accumulate, s, norm);
+        return Status::ok();
+      }
+      // Matrices of different types or widths, a launch each: a norm left to them runs
+      // once, first.
+      if (norm) cuda::rms_norm_quantize(norm->in, norm->w, rows, ws[0].cols, norm->eps, norm->out, norm->q, s);
+      for (int p = 0; p < count; ++p) cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s);
       return Status::ok();
     }
     if (const char* err = gemm_->run_shared(wp, ys, count, in(n.in[0]), rows, 0, accumulate, s))
