@@ -45,7 +45,6 @@ struct TestResult {
   }
 };
 
-
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));

@@ -420,7 +420,7 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       }
       // Matrices of different types or widths, a launch each: a norm left to them runs
       // once, first.
-      if (norm) cuda::rms_norm_quantize(norm->in, norm->w, rows, ws[0].cols, norm->eps, norm->out, norm->q, s);
+      if (norm) cuda::rms_norm_quantize(*norm, rows, ws[0].cols, s);
       for (int p = 0; p < count; ++p) cuda::gemv_multi(&wp[p], &ys[p], &bs[p], 1, in(n.in[0]), xq, rows, accumulate, s);
       return Status::ok();
     }

@@ -473,32 +473,29 @@ bool pipelinable(const DeviceMatrix* const* w, int count, int64_t n) {
   return true;
 }
 
-}  // namespace
-
-void set_pipelined_gemv(bool enabled) { pipelined_enabled = enabled; }
-
-namespace {
-
-// The Acts of a pipelined GEMV: a q8 GEMV's blocks take the norm (RmsNormIn,
-// stage_normed_acts); for f16 weights it runs first.
-Acts pipelined_acts(DType dtype, int64_t k, int64_t n, const float* x, const uint8_t* xq, const RmsNormIn* norm,
-                    cudaStream_t stream) {
+// The Acts of a pipelined GEMV; a norm left to it (q8 only: pipelined_norm) its blocks
+// make themselves (stage_normed_acts).
+Acts pipelined_acts(int64_t k, const float* x, const uint8_t* xq, const RmsNormIn* norm) {
   Acts a{xq, act_bytes(k), x};
-  if (norm && dtype == DType::q8 && k % 32 == 0) {
+  if (norm) {
     a.norm_x = norm->in;
     a.norm_w = norm->w;
     a.eps = norm->eps;
-  } else if (norm) {
-    rms_norm_quantize(norm->in, norm->w, n, k, norm->eps, norm->out, norm->q, stream);
   }
   return a;
 }
 
+// Whether the pipelined kernels take this norm (none, or q8 rows: k is a multiple of
+// kPieceAlign). Otherwise they launch nothing and the caller runs the norm first.
+bool pipelined_norm(DType dtype, const RmsNormIn* norm) { return !norm || dtype == DType::q8; }
+
 }  // namespace
+
+void set_pipelined_gemv(bool enabled) { pipelined_enabled = enabled; }
 
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                     const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm) {
-  if (count < 1 || count > 3 || !pipelinable(w, count, n)) return false;
+  if (count < 1 || count > 3 || !pipelinable(w, count, n) || !pipelined_norm(w[0]->dtype, norm)) return false;
   PipeTargets tg{};
   tg.count = count;
   for (int i = 0; i < count; ++i) {
@@ -507,22 +504,20 @@ bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* 
     tg.y[i] = y[i];
     tg.bias[i] = bias[i];
   }
-  return launch_pipelined<false>(w[0]->dtype, n, tg, w[0]->cols, pipelined_acts(w[0]->dtype, w[0]->cols, n, x, xq, norm, stream),
-                                 accumulate, stream);
+  return launch_pipelined<false>(w[0]->dtype, n, tg, w[0]->cols, pipelined_acts(w[0]->cols, x, xq, norm), accumulate, stream);
 }
 
 bool gemv_gated_pipelined(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n,
                           float* out, cudaStream_t stream, const RmsNormIn* norm) {
   const DeviceMatrix* ws[2] = {&gate, &up};
-  if (gate.rows != up.rows || !pipelinable(ws, 2, n)) return false;
+  if (gate.rows != up.rows || !pipelinable(ws, 2, n) || !pipelined_norm(gate.dtype, norm)) return false;
   PipeTargets tg{};
   tg.count = 1;
   tg.w[0] = gate.data;
   tg.up = up.data;
   tg.rows[0] = gate.rows;
   tg.y[0] = out;
-  return launch_pipelined<true>(gate.dtype, n, tg, gate.cols, pipelined_acts(gate.dtype, gate.cols, n, x, xq, norm, stream),
-                                false, stream);
+  return launch_pipelined<true>(gate.dtype, n, tg, gate.cols, pipelined_acts(gate.cols, x, xq, norm), false, stream);
 }
 
 }  // namespace kvant::cuda

@@ -103,6 +103,8 @@ struct RmsNormIn {
   float* out = nullptr;
   uint8_t* q = nullptr;
 };
+// The norm where the GEMV does not take it: rms_norm_quantize of its `in` into its out and q.
+void rms_norm_quantize(const RmsNormIn& norm, int64_t rows, int64_t n, cudaStream_t stream);
 // Up to three matrices of one input, dtype and row length in one launch (q, k, v); y[i]
 // is [n, w[i].rows]; bias[i] may be null.
 void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
@@ -115,8 +117,9 @@ void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x
 // an sm_90 GPU, q8/f16 weights with rows a multiple of 256 long, activations and two
 // stages in shared memory; the register-streaming kernels take the rest (q4 weights
 // among them: why is in gemv_pipelined.cu). The pipelined paths return false, launching
-// nothing, where they do not apply. set_pipelined_gemv(false) sends every GEMV to the
-// register-streaming kernels (tests compare both paths against the CPU; the variable
+// nothing, where they do not apply (also where a norm is left to them and the weights
+// are not q8). set_pipelined_gemv(false) sends every GEMV to the register-streaming
+// kernels (tests compare both paths against the CPU; the variable
 // KVANT_CUDA_GEMV=streaming starts a process that way, for measurements).
 bool gemv_pipelined(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                     const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm = nullptr);

@@ -534,7 +534,7 @@ void gemv(const DeviceMatrix& w, const float* x, const uint8_t* xq, int64_t n, f
 void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* const* bias, int count, const float* x,
                 const uint8_t* xq, int64_t n, bool accumulate, cudaStream_t stream, const RmsNormIn* norm) {
   if (gemv_pipelined(w, y, bias, count, x, xq, n, accumulate, stream, norm)) return;
-  if (norm) rms_norm_quantize(norm->in, norm->w, n, w[0]->cols, norm->eps, norm->out, norm->q, stream);
+  if (norm) rms_norm_quantize(*norm, n, w[0]->cols, stream);
   // Two rows per warp when every matrix has an even number of rows and enough of them
   // to fill the GPU (more bytes in flight per warp); one row otherwise.
   int64_t total = 0;
@@ -566,7 +566,7 @@ void gemv_multi(const DeviceMatrix* const* w, float* const* y, const float* cons
 void gemv_gated(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, const uint8_t* xq, int64_t n, float* out,
                 cudaStream_t stream, const RmsNormIn* norm) {
   if (gemv_gated_pipelined(gate, up, x, xq, n, out, stream, norm)) return;
-  if (norm) rms_norm_quantize(norm->in, norm->w, n, gate.cols, norm->eps, norm->out, norm->q, stream);
+  if (norm) rms_norm_quantize(*norm, n, gate.cols, stream);
   const Acts a{xq, act_bytes(gate.cols), x};
   by_tokens(n, [&](auto nt) { launch_gated<decltype(nt)::value>(gate, up, a, out, stream); });
 }

@@ -190,6 +190,10 @@ void rms_norm_quantize(const float* x, const float* w, int64_t rows, int64_t n, 
   }
 }
 
+void rms_norm_quantize(const RmsNormIn& norm, int64_t rows, int64_t n, cudaStream_t stream) {
+  rms_norm_quantize(norm.in, norm.w, rows, n, norm.eps, norm.out, norm.q, stream);
+}
+
 void layer_norm(const float* x, const float* w, const float* b, int64_t rows, int64_t n, float eps, float* out,
                 cudaStream_t stream) {
   if (rows == 0) return;
