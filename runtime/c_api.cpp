@@ -535,23 +535,43 @@ kvant_status kvant_generate(kvant_session* s, const int32_t* prompt, size_t n_pr
     start = Clock::now();
     const int64_t limit = o.max_tokens > 0 ? o.max_tokens : INT64_MAX;
     kvant_status result = KVANT_OK;
-    for (int64_t i = 0; i < limit; ++i) {
-      const int32_t token = sampler.sample(session.logits(), session.tokens());
-      if (tok->is_eos(token)) break;
+    // What a sampled token leads to: the end (EOS, not kept), or its evaluation, after
+    // which a stop string or the callback may end the generation.
+    bool cancelled = false, ended = false;
+    auto decide = [&](int32_t token) {
+      if (tok->is_eos(token)) {
+        ended = true;
+        return GreedyNext::stop;
+      }
       pending += decoder.push(token);
       bool stopped = false;
-      if (emit(token, &stopped)) {
-        const Status ev = session.append(std::span<const int32_t>(&token, 1));  // keep the delivered token
+      cancelled = emit(token, &stopped);  // the delivered token is kept
+      ended = cancelled || stopped;
+      return ended ? GreedyNext::evaluate_and_stop : GreedyNext::evaluate;
+    };
+    for (int64_t i = 0; i < limit && !ended;) {
+      const int32_t token = sampler.sample(session.logits(), session.tokens());
+      const GreedyNext what = decide(token);
+      if (what == GreedyNext::stop) break;
+      Status ev;
+      if (what == GreedyNext::evaluate && sampler.is_argmax() && limit - i > 1) {
+        // Greedy without penalties: the rest is chosen where the logits are (on a GPU
+        // the next step is queued before this one's token is read).
+        int64_t evaluated = 0;
+        ev = session.greedy(token, limit - i, decide, &evaluated);
+        i += evaluated;
+        s->generated_tokens += evaluated;
+      } else {
+        ev = session.append(std::span<const int32_t>(&token, 1));
+        ++i;
         ++s->generated_tokens;
+      }
+      if (cancelled) {
         result = ev ? fail(KVANT_ERR_CANCELLED, "generation stopped by the callback") : fail(ev);
         break;
       }
-      const Status ev = session.append(std::span<const int32_t>(&token, 1));
-      ++s->generated_tokens;
-      if (stopped) break;
       if (!ev) {
-        if (ev.code() == ErrorCode::context_full) break;  // the answer ends where the context does
-        result = fail(ev);
+        if (ev.code() != ErrorCode::context_full) result = fail(ev);  // the answer ends where the context does
         break;
       }
     }

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "runtime/models/models.h"
+#include "runtime/sampler.h"
 #if KVANT_HAVE_CUDA
 #include "runtime/cuda_backend.h"
 #else
@@ -195,15 +196,11 @@ Status Context::run_batch(std::span<const SeqId> seq_of_token, std::span<const i
   batch.output_rows = out_rows;
   const Plan& plan = plan_for(n, static_cast<int64_t>(out_rows.size()));
   KVANT_TRY(execute(plan, batch, seqs));
-  // The positions are written: record their tokens, then free what a sliding window
-  // will never read again.
   for (size_t s = 0; s < seqs.size(); ++s) {
     std::vector<int32_t> own;
     for (size_t i = 0; i < tokens.size(); ++i)
       if (seq_of_token[i] == seqs[s]) own.push_back(tokens[i]);
-    kv_->commit(seqs[s], own);
-    if (const uint32_t window = model_->config().sliding_window)
-      kv_->drop_before(seqs[s], kv_->length(seqs[s]) - window);
+    commit(seqs[s], own);
   }
   n_logit_rows_ = static_cast<int64_t>(out_rows.size());
   stats_.tokens_evaluated += n;
@@ -211,6 +208,116 @@ Status Context::run_batch(std::span<const SeqId> seq_of_token, std::span<const i
   stats_.eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Status::ok();
 }
+
+void Context::commit(SeqId seq, std::span<const int32_t> tokens) {
+  kv_->commit(seq, tokens);
+  if (const uint32_t window = model_->config().sliding_window) kv_->drop_before(seq, kv_->length(seq) - window);
+}
+
+Status Context::greedy(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
+                       int64_t* evaluated) {
+  *evaluated = 0;
+  if (!kv_->has_sequence(seq)) return Status::error(ErrorCode::invalid_argument, "unknown sequence {}", seq);
+  KVANT_TRY(check_tokens(std::span<const int32_t>(&token, 1)));
+#if KVANT_HAVE_CUDA
+  // Two positions at least, so that the device path is worth its set-up. It stops at the
+  // end of the context; eval goes on from there (and shifts the context if asked to).
+  if (cuda_ && max_evals > 1 && kv_->length(seq) + 2 <= options_.n_ctx && cuda_->can_queue_greedy(plan_for(1, 1))) {
+    bool finished = false;
+    KVANT_TRY(greedy_on_gpu(seq, token, max_evals, next, evaluated, &finished));
+    if (finished) return Status::ok();
+    const int32_t t = argmax(logits(0));
+    const GreedyNext what = next(t);
+    if (what == GreedyNext::stop) return Status::ok();
+    token = t;
+    if (what == GreedyNext::evaluate_and_stop) max_evals = *evaluated + 1;
+  }
+#endif
+  while (*evaluated < max_evals) {
+    KVANT_TRY(eval(seq, std::span<const int32_t>(&token, 1)));
+    if (++*evaluated == max_evals) break;
+    const int32_t t = argmax(logits(0));
+    const GreedyNext what = next(t);
+    if (what == GreedyNext::stop) break;
+    token = t;
+    if (what == GreedyNext::evaluate_and_stop) max_evals = *evaluated + 1;
+  }
+  return Status::ok();
+}
+
+#if KVANT_HAVE_CUDA
+// Context::greedy with each step queued before the host reads the token of the one
+// before; *finished unless it stopped at the end of the context (or of the page pool).
+Status Context::greedy_on_gpu(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
+                              int64_t* evaluated, bool* finished) {
+  const auto start_time = std::chrono::steady_clock::now();
+  const int64_t start = kv_->length(seq);
+  int64_t limit = std::min(max_evals, options_.n_ctx - start);  // evaluations at most
+  const Plan& plan = plan_for(1, 1);
+  KVANT_TRY(kv_->reserve(seq, 1));
+  const int32_t position = static_cast<int32_t>(start), zero = 0;
+  BatchInfo batch;
+  batch.tokens = std::span<const int32_t>(&token, 1);
+  batch.positions = std::span<const int32_t>(&position, 1);
+  batch.slot = std::span<const int32_t>(&zero, 1);
+  batch.output_rows = std::span<const int32_t>(&zero, 1);
+  batch.page_tables.push_back(kv_->page_table(seq));
+  KVANT_TRY(cuda_->greedy_begin(plan, batch, kv_->page_ids(seq)));
+  size_t pages_sent = kv_->page_ids(seq).size();
+  // Queues the step that evaluates position start + step, its page in the table first.
+  auto queue = [&](int64_t step) -> Status {
+    KVANT_TRY(kv_->reserve(seq, start + step + 1 - kv_->length(seq)));
+    const auto& ids = kv_->page_ids(seq);
+    for (; pages_sent < ids.size(); ++pages_sent) KVANT_TRY(cuda_->greedy_page(pages_sent, ids[pages_sent]));
+    return cuda_->greedy_step(plan);
+  };
+  Status status = queue(0);
+  int32_t current = token;  // what step *evaluated evaluates
+  while (status) {
+    // The step after this one, before this one's token is read: it evaluates this one's
+    // argmax, which the device wrote into its input. A pool without a free page ends
+    // the queue here.
+    if (*evaluated + 1 < limit) {
+      const Status queued = queue(*evaluated + 1);
+      if (queued.code() == ErrorCode::context_full) limit = *evaluated + 1;
+      else if (!queued) {
+        status = queued;
+        break;
+      }
+    }
+    const Result<int32_t> t = cuda_->greedy_token(start + *evaluated);
+    if (!t) {
+      status = t.status();
+      break;
+    }
+    commit(seq, std::span<const int32_t>(&current, 1));
+    if (++*evaluated == limit) {
+      *finished = limit == max_evals;
+      break;
+    }
+    const GreedyNext what = next(*t);
+    if (what == GreedyNext::stop) {  // the step queued for *t is discarded
+      *finished = true;
+      break;
+    }
+    current = *t;
+    if (what == GreedyNext::evaluate_and_stop) limit = max_evals = *evaluated + 1;
+  }
+  // A discarded step may still run; then the logits of the last step kept.
+  const Status synced = cuda_->synchronize();
+  if (status) status = synced;
+  if (*evaluated > 0) {
+    logits_.resize(static_cast<size_t>(model_->config().vocab_size));
+    const Status fetched = cuda_->greedy_logits(start + *evaluated - 1, logits_.data());
+    n_logit_rows_ = fetched ? 1 : 0;
+    if (status) status = fetched;
+  }
+  stats_.tokens_evaluated += *evaluated;
+  stats_.evaluations += *evaluated;
+  stats_.eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  return status;
+}
+#endif
 
 // Runs the plan's nodes device by device (a split model goes GPU, then CPU), moving the
 // activations that cross each boundary, and fetches the logits.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -40,6 +41,13 @@ struct ContextOptions {
   std::shared_ptr<const CudaWeights> cuda_weights;
 };
 
+// What Context::greedy does with a token it chose.
+enum class GreedyNext {
+  evaluate,           // evaluate it and go on
+  evaluate_and_stop,  // evaluate it, then stop
+  stop,               // stop without evaluating it
+};
+
 struct ContextStats {
   int64_t tokens_evaluated = 0;  // tokens run through the model
   int64_t tokens_reused = 0;     // prompt tokens taken from the prefix cache
@@ -67,6 +75,18 @@ class Context {
   // One token for each of several sequences, as one batch; logits(i) is sequence i's.
   Status eval_step(std::span<const SeqId> seqs, std::span<const int32_t> tokens);
 
+  // Greedy decoding of one sequence: evaluates `token`, then asks next(t) about t, the
+  // argmax of each evaluation's logits (kvant::argmax), until it says stop or max_evals
+  // tokens are evaluated (the last one's argmax is not asked about). *evaluated counts
+  // the evaluations, also on error; afterwards logits(0) holds the last evaluated token's
+  // logits, as after eval. With the whole model on the GPU the argmax is taken there and
+  // each step is queued before the host has read the token of the one before
+  // (CudaExecutor::greedy_step), so the host's work between tokens overlaps the GPU's;
+  // a step queued past a stop is discarded (its KV position is not committed). Elsewhere,
+  // and from the last position of the context on, it is eval and argmax.
+  Status greedy(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
+                int64_t* evaluated);
+
   std::span<const float> logits(int64_t row) const;
   int64_t n_logit_rows() const { return n_logit_rows_; }
   const ContextStats& stats() const { return stats_; }
@@ -93,6 +113,11 @@ class Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   Status execute(const Plan& plan, const BatchInfo& batch, std::span<const SeqId> seqs);
+  Status greedy_on_gpu(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
+                       int64_t* evaluated, bool* finished);
+  // After positions of `seq` are written: records their tokens, then frees what a sliding
+  // window will never read again.
+  void commit(SeqId seq, std::span<const int32_t> tokens);
   std::vector<Plan> plans_;  // small cache keyed by (n_tokens, n_outputs)
   std::vector<float> logits_;
   int64_t n_logit_rows_ = 0;

@@ -216,6 +216,10 @@ CudaExecutor::~CudaExecutor() {
                  100.0 * v.first / total, v.second, 1000.0 * v.first / static_cast<double>(v.second));
   }
   cudaFree(counters_);
+  cudaFreeHost(greedy_report_);
+  cudaFree(greedy_logits_);
+  for (cudaEvent_t e : greedy_done_)
+    if (e) cudaEventDestroy(e);
   for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
   gemm_.reset();
   cudaFree(pool_);
@@ -267,9 +271,7 @@ Status CudaExecutor::synchronize() {
   return Status::ok();
 }
 
-Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids,
-                         size_t begin, size_t end) {
-  KVANT_TRY(prepare(plan));
+Status CudaExecutor::write_inputs(const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids) {
   const auto n = static_cast<int64_t>(batch.tokens.size());
   if (n > max_tokens_ || static_cast<int32_t>(page_ids.size()) > max_seqs_)
     return Status::error(ErrorCode::internal, "batch larger than the GPU buffers");
@@ -288,28 +290,105 @@ Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<con
   KVANT_CUDA_TRY(cudaMemcpyAsync(d_inputs_, h_inputs_, input_ints_ * 4, cudaMemcpyHostToDevice, stream_), "batch inputs");
   single_sequence_ = page_ids.size() == 1;
   n_tokens_ = n;
+  return Status::ok();
+}
 
-  // Decode-sized batches replay a captured graph of the node range.
-  if (n <= cuda::kMaxGemvTokens && !profile_) {
-    const auto key = std::make_tuple(plan.id, begin, end);
-    auto it = graphs_.find(key);
-    if (it == graphs_.end()) {
-      cudaGraph_t graph;
-      KVANT_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
-      const Status launched = launch_nodes(plan, begin, end);
-      const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
-      KVANT_TRY(launched);
-      if (e != cudaSuccess) return cuda_error(e, "graph capture");
-      Captured c;
-      const cudaError_t ie = cudaGraphInstantiate(&c.exec, graph, 0);
-      cudaGraphDestroy(graph);
-      if (ie != cudaSuccess) return cuda_error(ie, "graph instantiation");
-      it = graphs_.emplace(key, c).first;
+Result<cudaGraphExec_t> CudaExecutor::graph_of(const Plan& plan, size_t begin, size_t end, bool greedy) {
+  const auto key = std::make_tuple(plan.id, begin, end, greedy);
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph;
+    KVANT_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
+    Status launched = launch_nodes(plan, begin, end);
+    if (launched && greedy) {
+      const Node& out = plan.graph.nodes()[static_cast<size_t>(plan.graph.output.node)];
+      cuda::greedy_next(reinterpret_cast<const float*>(arena_ + out.offset[0]), out.width, d_inputs_, d_inputs_ + max_tokens_,
+                        greedy_report_, kGreedySlots, greedy_logits_, stream_);
+      if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) launched = cuda_error(e, "greedy step launch");
     }
-    KVANT_CUDA_TRY(cudaGraphLaunch(it->second.exec, stream_), "graph launch");
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    KVANT_TRY(launched);
+    if (e != cudaSuccess) return cuda_error(e, "graph capture");
+    Captured c;
+    const cudaError_t ie = cudaGraphInstantiate(&c.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (ie != cudaSuccess) return cuda_error(ie, "graph instantiation");
+    it = graphs_.emplace(key, c).first;
+  }
+  return it->second.exec;
+}
+
+Status CudaExecutor::run(const Plan& plan, const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids,
+                         size_t begin, size_t end) {
+  KVANT_TRY(prepare(plan));
+  KVANT_TRY(write_inputs(batch, page_ids));
+  // Decode-sized batches replay a captured graph of the node range.
+  if (n_tokens_ <= cuda::kMaxGemvTokens && !profile_) {
+    KVANT_ASSIGN_OR_RETURN(const cudaGraphExec_t exec, graph_of(plan, begin, end, false));
+    KVANT_CUDA_TRY(cudaGraphLaunch(exec, stream_), "graph launch");
     return Status::ok();
   }
   return launch_nodes(plan, begin, end);
+}
+
+bool CudaExecutor::can_queue_greedy(const Plan& plan) const {
+  if (profile_) return false;
+  for (const Node& n : plan.graph.nodes())
+    if (!n.on_gpu) return false;
+  const Node& out = plan.graph.nodes()[static_cast<size_t>(plan.graph.output.node)];
+  return plan.rows(out) == 1;
+}
+
+Status CudaExecutor::greedy_begin(const Plan& plan, const BatchInfo& batch, std::span<const uint32_t> page_ids) {
+  if (batch.tokens.size() != 1 || !can_queue_greedy(plan))
+    return Status::error(ErrorCode::internal, "greedy steps need one token and the whole model on the GPU");
+  KVANT_TRY(prepare(plan));
+  if (!greedy_report_) {
+    const int64_t vocab = model_->config().vocab_size;
+    KVANT_CUDA_TRY(cudaHostAlloc(&greedy_report_, kGreedySlots * 4, cudaHostAllocMapped), "greedy tokens");
+    KVANT_CUDA_TRY(cudaMalloc(&greedy_logits_, static_cast<size_t>(2 * vocab) * 4), "greedy logits");
+    for (cudaEvent_t& e : greedy_done_) KVANT_CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "greedy event");
+  }
+  const std::vector<uint32_t> ids(page_ids.begin(), page_ids.end());
+  const std::vector<uint32_t>* tables[1] = {&ids};
+  KVANT_TRY(write_inputs(batch, tables));
+  greedy_position_ = batch.positions[0];
+  return Status::ok();
+}
+
+Status CudaExecutor::greedy_page(size_t index, uint32_t id) {
+  if (index >= static_cast<size_t>(max_pages_)) return Status::error(ErrorCode::internal, "page table overflow");
+  // A table entry is written once before the steps that read it; a copy of the whole
+  // table queued earlier may carry the old value or this one, and this copy follows it.
+  int32_t* entry = h_inputs_ + 4 * max_tokens_ + index;
+  *entry = static_cast<int32_t>(id);
+  KVANT_CUDA_TRY(cudaMemcpyAsync(d_inputs_ + (entry - h_inputs_), entry, 4, cudaMemcpyHostToDevice, stream_), "page table");
+  return Status::ok();
+}
+
+Status CudaExecutor::greedy_step(const Plan& plan) {
+  const size_t end = plan.graph.nodes().size();
+  KVANT_ASSIGN_OR_RETURN(const cudaGraphExec_t exec, graph_of(plan, 0, end, true));
+  KVANT_CUDA_TRY(cudaGraphLaunch(exec, stream_), "graph launch");
+  KVANT_CUDA_TRY(cudaEventRecord(greedy_done_[greedy_position_ % kGreedySlots], stream_), "greedy event");
+  ++greedy_position_;
+  return Status::ok();
+}
+
+Result<int32_t> CudaExecutor::greedy_token(int64_t position) {
+  if (position >= greedy_position_ || position < greedy_position_ - (kGreedySlots - 1))
+    return Status::error(ErrorCode::internal, "no queued greedy step at position {}", position);
+  KVANT_CUDA_TRY(cudaEventSynchronize(greedy_done_[position % kGreedySlots]), "greedy step");
+  return static_cast<const volatile int32_t*>(greedy_report_)[position % kGreedySlots];
+}
+
+Status CudaExecutor::greedy_logits(int64_t position, float* dst) {
+  if (position >= greedy_position_ || position < greedy_position_ - 2)
+    return Status::error(ErrorCode::internal, "the logits of position {} are gone", position);
+  const int64_t vocab = model_->config().vocab_size;
+  KVANT_CUDA_TRY(cudaMemcpy(dst, greedy_logits_ + (position & 1) * vocab, static_cast<size_t>(vocab) * 4,
+                            cudaMemcpyDeviceToHost), "greedy logits");
+  return Status::ok();
 }
 
 Status CudaExecutor::launch_nodes(const Plan& plan, size_t begin, size_t end) {

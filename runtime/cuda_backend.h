@@ -67,6 +67,27 @@ class CudaExecutor {
   cudaStream_t stream() const { return stream_; }
   Status synchronize();
 
+  // Greedy decoding of one sequence (Context::greedy): each step replays the plan's
+  // decode graph followed by cuda::greedy_next, which makes the step's argmax the next
+  // step's token and advances its position on the device. So the host can queue a step
+  // before it has read the token of the one before, and its work between tokens
+  // (reading a token, the KV cache's bookkeeping, the next launch) overlaps the GPU's
+  // instead of adding to every token.
+  // Whether the plan can run so (every node on the GPU, graphs not turned off).
+  bool can_queue_greedy(const Plan& plan) const;
+  // Writes the first step's inputs: one token of one sequence and its page table.
+  Status greedy_begin(const Plan& plan, const BatchInfo& batch, std::span<const uint32_t> page_ids);
+  // Page `index` of the sequence's table, for positions the queued steps will reach.
+  Status greedy_page(size_t index, uint32_t id);
+  // Queues the next step (after the last one queued).
+  Status greedy_step(const Plan& plan);
+  // The token the step at `position` chose (waits for it); at most kGreedySlots - 1
+  // steps may be queued after it.
+  Result<int32_t> greedy_token(int64_t position);
+  // After synchronize(): the logits of the step at `position`, the last or the one
+  // before the last queued.
+  Status greedy_logits(int64_t position, float* dst);
+
  private:
   CudaExecutor() = default;
   Status launch_nodes(const Plan& plan, size_t begin, size_t end);
@@ -104,11 +125,20 @@ class CudaExecutor {
   cuda::RmsNormIn pending_norm_;  // a norm left to the next node's GEMVs (run_node)
   bool single_sequence_ = false;
   int64_t n_tokens_ = 0;
-  // Captured decode graphs by (plan, begin, end).
+  // Captured decode graphs by (plan id, begin, end, ends with greedy_next).
   struct Captured {
     cudaGraphExec_t exec = nullptr;
   };
-  std::map<std::tuple<uint64_t, size_t, size_t>, Captured> graphs_;  // (plan id, begin, end)
+  std::map<std::tuple<uint64_t, size_t, size_t, bool>, Captured> graphs_;
+  Result<cudaGraphExec_t> graph_of(const Plan& plan, size_t begin, size_t end, bool greedy);
+  Status write_inputs(const BatchInfo& batch, std::span<const std::vector<uint32_t>* const> page_ids);
+  // Greedy decoding: the tokens chosen, written by the device into mapped pinned memory
+  // (slot position % kGreedySlots), an event per slot, and the last two steps' logits.
+  static constexpr int kGreedySlots = 4;
+  int32_t* greedy_report_ = nullptr;
+  cudaEvent_t greedy_done_[kGreedySlots] = {};
+  float* greedy_logits_ = nullptr;  // [2, vocab]: the step at position p keeps its logits in row p & 1
+  int64_t greedy_position_ = 0;     // of the next step to queue
 };
 
 }  // namespace kvant

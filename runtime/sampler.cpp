@@ -34,6 +34,12 @@ int32_t argmax(std::span<const float> values) {
 
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {}
 
+bool Sampler::is_argmax() const {
+  const SamplerOptions& o = options_;
+  return o.temperature <= 0.0f && (o.penalty_last_n <= 0 || (o.repetition_penalty == 1.0f && o.frequency_penalty == 0.0f &&
+                                                             o.presence_penalty == 0.0f));
+}
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   const SamplerOptions& o = options_;
   const auto n = static_cast<int32_t>(logits.size());

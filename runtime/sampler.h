@@ -34,6 +34,8 @@ class Sampler {
   // `history`: the tokens so far (prompt and generated), for the penalties.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
   const SamplerOptions& options() const { return options_; }
+  // Whether sample() is the argmax of the logits alone (greedy, no penalty in effect).
+  bool is_argmax() const;
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
  private:

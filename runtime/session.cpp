@@ -104,6 +104,13 @@ Status Session::append(std::span<const int32_t> tokens) {
   return Status::ok();
 }
 
+Status Session::greedy(int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
+                       int64_t* evaluated) {
+  const Status s = ctx_->greedy(seq_, token, max_evals, next, evaluated);
+  if (*evaluated > 0) has_logits_ = ctx_->n_logit_rows() > 0;
+  return s;
+}
+
 Status Session::sync(std::span<const int32_t> tokens) {
   if (tokens.empty()) return Status::error(ErrorCode::invalid_argument, "no tokens");
   const auto& held = this->tokens();

@@ -3,6 +3,7 @@
 // file saved by one backend loads on the other).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -32,6 +33,9 @@ class Session {
   // before it) to logprobs[i] (natural log, computed in double); logprobs[0] is 0 when
   // the session held nothing. Chunks of n_batch tokens, so memory stays n_batch rows.
   Status score(std::span<const int32_t> tokens, std::span<float> logprobs);
+  // Context::greedy on the session's sequence: evaluates `token`, then the argmax of
+  // each evaluation's logits while next(argmax) says so, up to max_evals evaluations.
+  Status greedy(int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next, int64_t* evaluated);
   // Logits of the last evaluated token (vocab floats); empty before any evaluation.
   std::span<const float> logits() const;
   void reset();

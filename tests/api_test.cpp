@@ -159,6 +159,81 @@ TEST(Api, GreedyContinuationsMatchTransformers) {
   }
 }
 
+// kvant_generate's greedy path (Context::greedy: on a GPU the steps are queued ahead of
+// the host) against the loop it replaces (decode, argmax of the logits): the same tokens,
+// and where a callback or a stop string ends it, the session holds what that loop would
+// (the token that completed the text, evaluated) with the same logits.
+TEST(Api, GreedyGenerationStopsWhereTheLoopWould) {
+  SKIP_WITHOUT_MODEL();
+  kvant::api::Model model(model_path("q8"));
+  const auto ids = model.tokenize(model.chat({{"user", "Tell me about the planets of the solar system."}}));
+  const int vocab = model.vocab_size();
+  // The loop: 24 tokens, and the logits after each.
+  kvant::api::Session ref(model);
+  ASSERT_EQ(kvant_session_prefill(ref.get(), ids.data(), ids.size()), KVANT_OK);
+  std::vector<int32_t> want;
+  std::vector<std::vector<float>> logits_after;  // [i]: after evaluating want[i]
+  for (int i = 0; i < 24; ++i) {
+    const float* l = kvant_session_logits(ref.get());
+    want.push_back(static_cast<int32_t>(std::max_element(l, l + vocab) - l));
+    ASSERT_EQ(kvant_session_decode(ref.get(), want.back()), KVANT_OK);
+    l = kvant_session_logits(ref.get());
+    logits_after.emplace_back(l, l + vocab);
+  }
+  const auto opts = greedy(model, 24);
+  auto max_diff = [&](const kvant::api::Session& s, const std::vector<float>& w) {
+    const float* l = kvant_session_logits(s.get());
+    double m = 0;
+    for (int i = 0; i < vocab; ++i) m = std::max(m, std::fabs(static_cast<double>(l[i]) - w[static_cast<size_t>(i)]));
+    return m;
+  };
+  {  // to max_tokens
+    kvant::api::Session s(model);
+    s.generate(ids, &opts);
+    EXPECT_EQ(generated_tokens(s, ids.size()), want);
+    EXPECT_LT(max_diff(s, logits_after.back()), 1e-4);
+  }
+  {  // a callback that stops at its 5th piece: the token that completed it is kept
+    struct Count {
+      int pieces = 0;
+      int32_t last = -1;
+    } count;
+    auto cb = [](const char*, size_t, int32_t token, void* user) -> int {
+      auto* c = static_cast<Count*>(user);
+      c->last = token;
+      return ++c->pieces == 5 ? 1 : 0;
+    };
+    kvant::api::Session s(model);
+    EXPECT_EQ(kvant_generate(s.get(), ids.data(), ids.size(), &opts, cb, &count), KVANT_ERR_CANCELLED);
+    const auto got = generated_tokens(s, ids.size());
+    ASSERT_FALSE(got.empty());
+    const size_t n = got.size();
+    EXPECT_EQ(got, std::vector<int32_t>(want.begin(), want.begin() + static_cast<long>(n)));
+    EXPECT_EQ(got.back(), count.last);
+    EXPECT_LT(max_diff(s, logits_after[n - 1]), 1e-4);
+  }
+  {  // a stop string taken from the middle of the text: cut there, its last token kept
+    size_t n_text = 0;
+    std::vector<char> buf(4096);
+    ASSERT_EQ(kvant_detokenize(model.get(), want.data(), 12, 1, buf.data(), buf.size(), &n_text), KVANT_OK);
+    const std::string text(buf.data(), n_text);
+    ASSERT_GT(text.size(), 8u);
+    const std::string stop = text.substr(text.size() - 6, 4);
+    const char* stops[] = {stop.c_str()};
+    auto o = opts;
+    o.stop = stops;
+    o.n_stop = 1;
+    kvant::api::Session s(model);
+    const std::string out = s.generate(ids, &o);
+    EXPECT_EQ(out, text.substr(0, text.find(stop))) << "stop string '" << stop << "'";
+    const auto got = generated_tokens(s, ids.size());
+    ASSERT_FALSE(got.empty());
+    ASSERT_LE(got.size(), 12u);
+    EXPECT_EQ(got, std::vector<int32_t>(want.begin(), want.begin() + static_cast<long>(got.size())));
+    EXPECT_LT(max_diff(s, logits_after[got.size() - 1]), 1e-4);
+  }
+}
+
 // A session saved after a long system prompt and restored in another process continues
 // with the logits of the uninterrupted one, evaluating only the user turn.
 TEST(Api, SessionRestoresInANewProcess) {

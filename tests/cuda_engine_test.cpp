@@ -21,6 +21,8 @@
 #include "runtime/context.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/session.h"
+#include "runtime/sampler.h"
+#include "tests/greedy_check.h"
 #include "tests/test_util.h"
 
 namespace kvant {
@@ -395,6 +397,37 @@ TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
 
 // KV rows written on the GPU read back on the CPU as the CPU would have written them,
 // and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
+// greedy_next against kvant::argmax on awkward rows: ties (the first wins), NaN (never
+// wins; 0 when every value is NaN), infinities, lengths around the block's 16 × 1024.
+TEST(CudaKernels, GreedyNextIsTheArgmax) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t n : {1, 7, 1023, 1024, 16385, 32000, 128256})
+    for (int pattern = 0; pattern < 6; ++pattern) {
+      std::vector<float> v = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n * 10 + pattern));
+      const auto at = [&](double f) { return static_cast<size_t>(f * static_cast<double>(n - 1)); };
+      if (pattern == 1) v[at(0.7)] = v[at(0.3)] = 9.0f;  // a tie
+      if (pattern == 2) {
+        for (size_t i = 0; i < v.size(); i += 3) v[i] = NAN;
+        v[at(0.5)] = NAN;
+      }
+      if (pattern == 3) std::fill(v.begin(), v.end(), NAN);
+      if (pattern == 4) std::fill(v.begin(), v.end(), -INFINITY);
+      if (pattern == 5) v[at(0.9)] = v[at(0.2)] = INFINITY;
+      const int32_t position = 41 + pattern;
+      DeviceBuffer<float> logits(v), keep(static_cast<size_t>(2 * n));
+      DeviceBuffer<int32_t> io(std::vector<int32_t>{-1, position}), report(4);
+      cuda::greedy_next(logits.p, n, io.p, io.p + 1, report.p, 4, keep.p, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const int32_t want = argmax(v);
+      const auto got = io.download();
+      EXPECT_EQ(got[0], want) << "n " << n << " pattern " << pattern;
+      EXPECT_EQ(got[1], position + 1);
+      EXPECT_EQ(report.download()[static_cast<size_t>(position % 4)], want);
+      const auto kept = keep.download();
+      EXPECT_EQ(std::memcmp(kept.data() + (position & 1) * n, v.data(), v.size() * 4), 0) << "n " << n;
+    }
+}
+
 TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -638,6 +671,21 @@ TEST(CudaEngine, SplitModelsMatchAllGpuAndAllCpu) {
   ContextOptions none_o = gpu_o;
   none_o.gpu_layers = 0;  // embeddings and every layer on the CPU
   EXPECT_LT(max_abs_diff(all_logits(path, none_o, tokens, true), cpu) / scale, 1e-5);
+}
+
+// Context::greedy with its steps queued on the GPU (the argmax taken there) against eval
+// and argmax on the GPU: every weight type, and a sliding-window model.
+TEST(CudaEngine, GreedyMatchesEvalAndArgmax) {
+  SKIP_WITHOUT_GPU();
+  ContextOptions o;
+  o.device = Device::cuda;
+  o.kv_type = KvType::q8;
+  for (DType dtype : {DType::f16, DType::q8, DType::q4}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    test::check_greedy_against_eval(synthetic_file("tiny", dtype), o);
+  }
+  SCOPED_TRACE("mistral");
+  test::check_greedy_against_eval(fixture_file("mistral", DType::f16), o);
 }
 
 // A session saved on the GPU restores on the CPU (and the reverse) with the same

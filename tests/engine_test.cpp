@@ -10,6 +10,7 @@
 #include "convert/converter.h"
 #include "runtime/context.h"
 #include "kernels/cpu/matmul.h"
+#include "tests/greedy_check.h"
 #include "tests/test_util.h"
 
 namespace kvant {
@@ -347,6 +348,18 @@ TEST(Engine, FullContextIsRefusedOrShifted) {
   EXPECT_LE(shifting->length(t), 64);
   EXPECT_EQ(shifting->kv_cache().tokens(t).back(), 8);
   EXPECT_EQ(shifting->kv_cache().tokens(t).front(), 7);
+}
+
+// Context::greedy (kvant-bench's decode, kvant_generate's greedy path) against eval and
+// argmax, on a full-attention and a sliding-window model (window 8: pages freed as it goes).
+TEST(Engine, GreedyMatchesEvalAndArgmax) {
+  for (const char* name : {"llama", "mistral"})
+    for (DType dtype : {DType::f16, DType::q4}) {
+      SCOPED_TRACE(std::string(name) + " " + std::string(dtype_name(dtype)));
+      ContextOptions o;
+      o.kv_type = KvType::q8;
+      test::check_greedy_against_eval(model_file(name, dtype), o);
+    }
 }
 
 TEST(Engine, BadTokensAreRefused) {

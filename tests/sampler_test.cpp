@@ -64,6 +64,13 @@ TEST(Sampler, GreedyIsArgmaxAfterPenalties) {
   v[7] = NAN;  // a NaN logit is never drawn
   v[9] = 1e6f;
   EXPECT_EQ(greedy.sample(v, {}), 9);
+  // Only the first is the argmax alone (kvant_generate's greedy path).
+  EXPECT_TRUE(greedy.is_argmax());
+  EXPECT_FALSE(penalized.is_argmax());
+  o.penalty_last_n = 0;  // penalties over no tokens
+  EXPECT_TRUE(Sampler(o).is_argmax());
+  o.temperature = 0.7f;
+  EXPECT_FALSE(Sampler(o).is_argmax());
 }
 
 TEST(Sampler, DrawsOnlyFromTheTopK) {

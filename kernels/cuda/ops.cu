@@ -152,6 +152,61 @@ __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64
   if (r < rows) y[t * ldy + r] += bias[r];
 }
 
+// ---- greedy decoding ------------------------------------------------------------------------
+
+constexpr int kGreedyThreads = 1024, kGreedyBatch = 16;  // 16 loads in flight a thread: 32k logits in one pass
+
+struct Best {
+  float v;
+  int64_t at;  // n: nothing seen (every value so far NaN)
+};
+
+// The larger of two candidates, the first index on a tie; NaN never gets in (v > NaN is false).
+__device__ __forceinline__ Best better(Best a, Best b) { return b.v > a.v || (b.v == a.v && b.at < a.at) ? b : a; }
+
+__global__ void __launch_bounds__(kGreedyThreads) greedy_next_kernel(const float* __restrict__ logits, int64_t n,
+                                                                     int32_t* token, int32_t* position,
+                                                                     int32_t* __restrict__ report, int report_slots,
+                                                                     float* __restrict__ keep) {
+  grid_dependency_wait();
+  Best best{-INFINITY, n};
+  const int pos = *position;
+  float* kept = keep ? keep + (pos & 1) * n : nullptr;
+  for (int64_t base = threadIdx.x; base < n; base += int64_t{kGreedyBatch} * kGreedyThreads) {
+    float v[kGreedyBatch];
+#pragma unroll
+    for (int j = 0; j < kGreedyBatch; ++j) {
+      const int64_t i = base + int64_t{j} * kGreedyThreads;
+      v[j] = i < n ? logits[i] : NAN;
+    }
+#pragma unroll
+    for (int j = 0; j < kGreedyBatch; ++j) {
+      const int64_t i = base + int64_t{j} * kGreedyThreads;
+      if (i < n && kept) kept[i] = v[j];
+      if (v[j] > best.v || (v[j] == best.v && i < best.at)) best = {v[j], i};
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    best = better(best, {__shfl_xor_sync(0xffffffffu, best.v, o), __shfl_xor_sync(0xffffffffu, best.at, o)});
+  __shared__ Best warps[kGreedyThreads / kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) warps[warp] = best;
+  __syncthreads();
+  if (warp == 0) {
+    best = lane < static_cast<int>(blockDim.x / kWarp) ? warps[lane] : Best{-INFINITY, n};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      best = better(best, {__shfl_xor_sync(0xffffffffu, best.v, o), __shfl_xor_sync(0xffffffffu, best.at, o)});
+    if (lane == 0) {
+      const auto t = static_cast<int32_t>(best.at == n ? 0 : best.at);
+      *token = t;
+      *position = pos + 1;
+      report[pos % report_slots] = t;
+    }
+  }
+}
+
 dim3 row_grid(int64_t width, int64_t n, int threads) {
   return dim3(static_cast<unsigned>(std::min<int64_t>((width + threads - 1) / threads, 65535)), static_cast<unsigned>(n));
 }
@@ -225,6 +280,11 @@ void add_bias(float* y, const float* bias, int64_t rows, int64_t n, int64_t ldy,
 
 void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t stream) {
   if (n > 0) cudaMemcpyAsync(y, x, static_cast<size_t>(width * n) * 4, cudaMemcpyDeviceToDevice, stream);
+}
+
+void greedy_next(const float* logits, int64_t n, int32_t* token, int32_t* position, int32_t* report, int report_slots,
+                 float* keep, cudaStream_t stream) {
+  launch(greedy_next_kernel, 1, kGreedyThreads, 0, stream, logits, n, token, position, report, report_slots, keep);
 }
 
 }  // namespace kvant::cuda

@@ -1,0 +1,19 @@
+// Context::greedy against eval and kvant::argmax, shared by the CPU suite (engine_test)
+// and the GPU suite (cuda_engine_test, where greedy queues its steps on the device).
+#pragma once
+
+#include <string>
+
+#include "runtime/context.h"
+
+namespace kvant::test {
+
+// On a model with a vocabulary and context of at least 64: the tokens greedy asks
+// about, the sequence it leaves (length, tokens, KV rows: checked by evaluating one
+// more token) and its final logits equal those of the eval-then-argmax loop, when it
+// runs to max_evals, when it stops before a token (the step a GPU queued past the stop
+// is discarded), when it stops after one, across a KV page boundary, and at the end
+// of the context (where it reports context_full as eval does).
+void check_greedy_against_eval(const std::string& model_path, ContextOptions options);
+
+}  // namespace kvant::test
