@@ -218,6 +218,7 @@ CudaExecutor::~CudaExecutor() {
   cudaFree(counters_);
   cudaFreeHost(greedy_report_);
   cudaFree(greedy_logits_);
+  cudaFree(greedy_work_);
   for (cudaEvent_t e : greedy_done_)
     if (e) cudaEventDestroy(e);
   for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
@@ -303,7 +304,7 @@ Result<cudaGraphExec_t> CudaExecutor::graph_of(const Plan& plan, size_t begin, s
     if (launched && greedy) {
       const Node& out = plan.graph.nodes()[static_cast<size_t>(plan.graph.output.node)];
       cuda::greedy_next(reinterpret_cast<const float*>(arena_ + out.offset[0]), out.width, d_inputs_, d_inputs_ + max_tokens_,
-                        greedy_report_, kGreedySlots, greedy_logits_, stream_);
+                        greedy_report_, kGreedySlots, greedy_logits_, greedy_work_, stream_);
       if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) launched = cuda_error(e, "greedy step launch");
     }
     const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
@@ -347,6 +348,8 @@ Status CudaExecutor::greedy_begin(const Plan& plan, const BatchInfo& batch, std:
     const int64_t vocab = model_->config().vocab_size;
     KVANT_CUDA_TRY(cudaHostAlloc(&greedy_report_, kGreedySlots * 4, cudaHostAllocMapped), "greedy tokens");
     KVANT_CUDA_TRY(cudaMalloc(&greedy_logits_, static_cast<size_t>(2 * vocab) * 4), "greedy logits");
+    KVANT_CUDA_TRY(cudaMalloc(&greedy_work_, cuda::greedy_work_bytes()), "greedy work area");
+    KVANT_CUDA_TRY(cudaMemset(greedy_work_, 0, cuda::greedy_work_bytes()), "greedy work area");
     for (cudaEvent_t& e : greedy_done_) KVANT_CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "greedy event");
   }
   const std::vector<uint32_t> ids(page_ids.begin(), page_ids.end());

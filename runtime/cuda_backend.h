@@ -138,6 +138,7 @@ class CudaExecutor {
   int32_t* greedy_report_ = nullptr;
   cudaEvent_t greedy_done_[kGreedySlots] = {};
   float* greedy_logits_ = nullptr;  // [2, vocab]: the step at position p keeps its logits in row p & 1
+  void* greedy_work_ = nullptr;     // cuda::greedy_next's
   int64_t greedy_position_ = 0;     // of the next step to queue
 };
 

@@ -398,10 +398,12 @@ TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
 // KV rows written on the GPU read back on the CPU as the CPU would have written them,
 // and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
 // greedy_next against kvant::argmax on awkward rows: ties (the first wins), NaN (never
-// wins; 0 when every value is NaN), infinities, lengths around the block's 16 × 1024.
+// wins; 0 when every value is NaN), infinities, lengths around a block's 8 × 256 and the
+// grid's 32 blocks. One work area for every launch: each leaves it ready for the next.
 TEST(CudaKernels, GreedyNextIsTheArgmax) {
   SKIP_WITHOUT_GPU();
-  for (int64_t n : {1, 7, 1023, 1024, 16385, 32000, 128256})
+  DeviceBuffer<uint8_t> work(std::vector<uint8_t>(cuda::greedy_work_bytes()));
+  for (int64_t n : {1, 7, 2047, 2048, 2049, 32000, 65537, 128256})
     for (int pattern = 0; pattern < 6; ++pattern) {
       std::vector<float> v = test::gaussian(static_cast<size_t>(n), static_cast<uint64_t>(n * 10 + pattern));
       const auto at = [&](double f) { return static_cast<size_t>(f * static_cast<double>(n - 1)); };
@@ -416,7 +418,7 @@ TEST(CudaKernels, GreedyNextIsTheArgmax) {
       const int32_t position = 41 + pattern;
       DeviceBuffer<float> logits(v), keep(static_cast<size_t>(2 * n));
       DeviceBuffer<int32_t> io(std::vector<int32_t>{-1, position}), report(4);
-      cuda::greedy_next(logits.p, n, io.p, io.p + 1, report.p, 4, keep.p, nullptr);
+      cuda::greedy_next(logits.p, n, io.p, io.p + 1, report.p, 4, keep.p, work.p, nullptr);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const int32_t want = argmax(v);
       const auto got = io.download();

@@ -42,13 +42,15 @@ void gelu(const float* x, int64_t n, bool tanh_approximation, float* out, cudaSt
 void add_bias(float* y, const float* bias, int64_t rows, int64_t n, int64_t ldy, cudaStream_t stream);
 // y[t * ldy + r] = x[t * ldy + r] (copy of a residual before accumulating into y).
 void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t stream);
-// Greedy decoding's step on the device, one block: the first index t of the largest of
-// the n logits (NaN never wins; 0 if every one is NaN), as kvant::argmax (runtime/sampler.h).
-// With p = *position: *token = t, *position = p + 1 (the next step's input), report[p %
+// Greedy decoding's step on the device: the first index t of the largest of the n logits
+// (NaN never wins; 0 if every one is NaN), as kvant::argmax (runtime/sampler.h). With p =
+// *position: *token = t, *position = p + 1 (the next step's input), report[p %
 // report_slots] = t (report may be mapped host memory) and, when keep is not null, the
-// logits copied to keep + (p & 1) · n.
+// logits copied to keep + (p & 1) · n. work: greedy_work_bytes(), zeroed once (the kernel
+// leaves it zero); one launch at a time per work area.
+size_t greedy_work_bytes();
 void greedy_next(const float* logits, int64_t n, int32_t* token, int32_t* position, int32_t* report, int report_slots,
-                 float* keep, cudaStream_t stream);
+                 float* keep, void* work, cudaStream_t stream);
 
 // ---- KV cache ----------------------------------------------------------------------------
 

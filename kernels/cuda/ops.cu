@@ -1,4 +1,6 @@
 // Row and elementwise kernels: embedding lookup, norms, RoPE, activations, residuals.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
@@ -154,7 +156,9 @@ __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64
 
 // ---- greedy decoding ------------------------------------------------------------------------
 
-constexpr int kGreedyThreads = 1024, kGreedyBatch = 16;  // 16 loads in flight a thread: 32k logits in one pass
+// Blocks of 256 threads with 8 loads in flight each: 32,000 logits in 16 blocks and one
+// pass; at most 32 blocks, whose candidates the last block to finish reduces in one warp.
+constexpr int kGreedyThreads = 256, kGreedyBatch = 8, kGreedyMaxBlocks = 32;
 
 struct Best {
   float v;
@@ -164,46 +168,68 @@ struct Best {
 // The larger of two candidates, the first index on a tie; NaN never gets in (v > NaN is false).
 __device__ __forceinline__ Best better(Best a, Best b) { return b.v > a.v || (b.v == a.v && b.at < a.at) ? b : a; }
 
+__device__ __forceinline__ Best warp_best(Best b) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    b = better(b, {__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.at, o)});
+  return b;
+}
+
+// The work area: each block's candidate, and the count of blocks done (kept zero).
+struct GreedyWork {
+  float v[kGreedyMaxBlocks];
+  long long at[kGreedyMaxBlocks];
+  unsigned done;
+};
+
 __global__ void __launch_bounds__(kGreedyThreads) greedy_next_kernel(const float* __restrict__ logits, int64_t n,
                                                                      int32_t* token, int32_t* position,
                                                                      int32_t* __restrict__ report, int report_slots,
-                                                                     float* __restrict__ keep) {
+                                                                     float* __restrict__ keep, GreedyWork* work) {
   grid_dependency_wait();
   Best best{-INFINITY, n};
-  const int pos = *position;
+  const int pos = *position;  // read by every block before the last one writes it
   float* kept = keep ? keep + (pos & 1) * n : nullptr;
-  for (int64_t base = threadIdx.x; base < n; base += int64_t{kGreedyBatch} * kGreedyThreads) {
+  const int64_t stride = int64_t{gridDim.x} * kGreedyThreads;
+  for (int64_t base = blockIdx.x * int64_t{kGreedyThreads} + threadIdx.x; base < n; base += kGreedyBatch * stride) {
     float v[kGreedyBatch];
 #pragma unroll
     for (int j = 0; j < kGreedyBatch; ++j) {
-      const int64_t i = base + int64_t{j} * kGreedyThreads;
+      const int64_t i = base + j * stride;
       v[j] = i < n ? logits[i] : NAN;
     }
 #pragma unroll
     for (int j = 0; j < kGreedyBatch; ++j) {
-      const int64_t i = base + int64_t{j} * kGreedyThreads;
+      const int64_t i = base + j * stride;
       if (i < n && kept) kept[i] = v[j];
       if (v[j] > best.v || (v[j] == best.v && i < best.at)) best = {v[j], i};
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    best = better(best, {__shfl_xor_sync(0xffffffffu, best.v, o), __shfl_xor_sync(0xffffffffu, best.at, o)});
+  best = warp_best(best);
   __shared__ Best warps[kGreedyThreads / kWarp];
+  __shared__ bool last;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   if (lane == 0) warps[warp] = best;
   __syncthreads();
-  if (warp == 0) {
-    best = lane < static_cast<int>(blockDim.x / kWarp) ? warps[lane] : Best{-INFINITY, n};
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-      best = better(best, {__shfl_xor_sync(0xffffffffu, best.v, o), __shfl_xor_sync(0xffffffffu, best.at, o)});
-    if (lane == 0) {
-      const auto t = static_cast<int32_t>(best.at == n ? 0 : best.at);
-      *token = t;
-      *position = pos + 1;
-      report[pos % report_slots] = t;
-    }
+  if (warp != 0) return;
+  best = warp_best(lane < kGreedyThreads / kWarp ? warps[lane] : Best{-INFINITY, n});
+  if (lane == 0) {
+    work->v[blockIdx.x] = best.v;
+    work->at[blockIdx.x] = best.at;
+    __threadfence();
+    last = atomicAdd(&work->done, 1u) == gridDim.x - 1;
+  }
+  __syncwarp();
+  if (!last) return;
+  __threadfence();
+  const volatile GreedyWork* w = work;
+  best = warp_best(lane < static_cast<int>(gridDim.x) ? Best{w->v[lane], w->at[lane]} : Best{-INFINITY, n});
+  if (lane == 0) {
+    const auto t = static_cast<int32_t>(best.at == n ? 0 : best.at);
+    *token = t;
+    *position = pos + 1;
+    report[pos % report_slots] = t;
+    work->done = 0;
   }
 }
 
@@ -282,9 +308,14 @@ void copy_rows(const float* x, float* y, int64_t width, int64_t n, cudaStream_t 
   if (n > 0) cudaMemcpyAsync(y, x, static_cast<size_t>(width * n) * 4, cudaMemcpyDeviceToDevice, stream);
 }
 
+size_t greedy_work_bytes() { return sizeof(GreedyWork); }
+
 void greedy_next(const float* logits, int64_t n, int32_t* token, int32_t* position, int32_t* report, int report_slots,
-                 float* keep, cudaStream_t stream) {
-  launch(greedy_next_kernel, 1, kGreedyThreads, 0, stream, logits, n, token, position, report, report_slots, keep);
+                 float* keep, void* work, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(
+      std::clamp<int64_t>((n + kGreedyThreads * kGreedyBatch - 1) / (kGreedyThreads * kGreedyBatch), 1, kGreedyMaxBlocks));
+  launch(greedy_next_kernel, blocks, kGreedyThreads, 0, stream, logits, n, token, position, report, report_slots, keep,
+         static_cast<GreedyWork*>(work));
 }
 
 }  // namespace kvant::cuda
