@@ -219,28 +219,31 @@ Status Context::greedy(SeqId seq, int32_t token, int64_t max_evals, const std::f
   *evaluated = 0;
   if (!kv_->has_sequence(seq)) return Status::error(ErrorCode::invalid_argument, "unknown sequence {}", seq);
   KVANT_TRY(check_tokens(std::span<const int32_t>(&token, 1)));
+  // Asks about the argmax of the last evaluation's logits: false to stop; else it is the
+  // next token to evaluate (the last one, when evaluate_and_stop).
+  auto ask = [&] {
+    const int32_t t = argmax(logits(0));
+    const GreedyNext what = next(t);
+    if (what == GreedyNext::stop) return false;
+    token = t;
+    if (what == GreedyNext::evaluate_and_stop) max_evals = *evaluated + 1;
+    return true;
+  };
 #if KVANT_HAVE_CUDA
   // Two positions at least, so that the device path is worth its set-up. It stops at the
   // end of the context; eval goes on from there (and shifts the context if asked to).
-  if (cuda_ && max_evals > 1 && kv_->length(seq) + 2 <= options_.n_ctx && cuda_->can_queue_greedy(plan_for(1, 1))) {
-    bool finished = false;
-    KVANT_TRY(greedy_on_gpu(seq, token, max_evals, next, evaluated, &finished));
-    if (finished) return Status::ok();
-    const int32_t t = argmax(logits(0));
-    const GreedyNext what = next(t);
-    if (what == GreedyNext::stop) return Status::ok();
-    token = t;
-    if (what == GreedyNext::evaluate_and_stop) max_evals = *evaluated + 1;
+  if (cuda_ && max_evals > 1 && kv_->length(seq) + 2 <= options_.n_ctx) {
+    const Plan& plan = plan_for(1, 1);
+    if (cuda_->can_queue_greedy(plan)) {
+      bool finished = false;
+      KVANT_TRY(greedy_on_gpu(plan, seq, token, max_evals, next, evaluated, &finished));
+      if (finished || !ask()) return Status::ok();
+    }
   }
 #endif
   while (*evaluated < max_evals) {
     KVANT_TRY(eval(seq, std::span<const int32_t>(&token, 1)));
-    if (++*evaluated == max_evals) break;
-    const int32_t t = argmax(logits(0));
-    const GreedyNext what = next(t);
-    if (what == GreedyNext::stop) break;
-    token = t;
-    if (what == GreedyNext::evaluate_and_stop) max_evals = *evaluated + 1;
+    if (++*evaluated == max_evals || !ask()) break;
   }
   return Status::ok();
 }
@@ -248,12 +251,11 @@ Status Context::greedy(SeqId seq, int32_t token, int64_t max_evals, const std::f
 #if KVANT_HAVE_CUDA
 // Context::greedy with each step queued before the host reads the token of the one
 // before; *finished unless it stopped at the end of the context (or of the page pool).
-Status Context::greedy_on_gpu(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
-                              int64_t* evaluated, bool* finished) {
+Status Context::greedy_on_gpu(const Plan& plan, SeqId seq, int32_t token, int64_t max_evals,
+                              const std::function<GreedyNext(int32_t)>& next, int64_t* evaluated, bool* finished) {
   const auto start_time = std::chrono::steady_clock::now();
   const int64_t start = kv_->length(seq);
   int64_t limit = std::min(max_evals, options_.n_ctx - start);  // evaluations at most
-  const Plan& plan = plan_for(1, 1);
   KVANT_TRY(kv_->reserve(seq, 1));
   const int32_t position = static_cast<int32_t>(start), zero = 0;
   BatchInfo batch;

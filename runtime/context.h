@@ -113,8 +113,8 @@ class Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   Status execute(const Plan& plan, const BatchInfo& batch, std::span<const SeqId> seqs);
-  Status greedy_on_gpu(SeqId seq, int32_t token, int64_t max_evals, const std::function<GreedyNext(int32_t)>& next,
-                       int64_t* evaluated, bool* finished);
+  Status greedy_on_gpu(const Plan& plan, SeqId seq, int32_t token, int64_t max_evals,
+                       const std::function<GreedyNext(int32_t)>& next, int64_t* evaluated, bool* finished);
   // After positions of `seq` are written: records their tokens, then frees what a sliding
   // window will never read again.
   void commit(SeqId seq, std::span<const int32_t> tokens);

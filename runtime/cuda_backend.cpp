@@ -340,9 +340,8 @@ bool CudaExecutor::can_queue_greedy(const Plan& plan) const {
   return plan.rows(out) == 1;
 }
 
-Status CudaExecutor::greedy_begin(const Plan& plan, const BatchInfo& batch, std::span<const uint32_t> page_ids) {
-  if (batch.tokens.size() != 1 || !can_queue_greedy(plan))
-    return Status::error(ErrorCode::internal, "greedy steps need one token and the whole model on the GPU");
+Status CudaExecutor::greedy_begin(const Plan& plan, const BatchInfo& batch, const std::vector<uint32_t>& page_ids) {
+  if (batch.tokens.size() != 1) return Status::error(ErrorCode::internal, "greedy steps start from one token");
   KVANT_TRY(prepare(plan));
   if (!greedy_report_) {
     const int64_t vocab = model_->config().vocab_size;
@@ -352,8 +351,7 @@ Status CudaExecutor::greedy_begin(const Plan& plan, const BatchInfo& batch, std:
     KVANT_CUDA_TRY(cudaMemset(greedy_work_, 0, cuda::greedy_work_bytes()), "greedy work area");
     for (cudaEvent_t& e : greedy_done_) KVANT_CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "greedy event");
   }
-  const std::vector<uint32_t> ids(page_ids.begin(), page_ids.end());
-  const std::vector<uint32_t>* tables[1] = {&ids};
+  const std::vector<uint32_t>* tables[1] = {&page_ids};
   KVANT_TRY(write_inputs(batch, tables));
   greedy_position_ = batch.positions[0];
   return Status::ok();

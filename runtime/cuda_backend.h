@@ -75,8 +75,9 @@ class CudaExecutor {
   // instead of adding to every token.
   // Whether the plan can run so (every node on the GPU, graphs not turned off).
   bool can_queue_greedy(const Plan& plan) const;
-  // Writes the first step's inputs: one token of one sequence and its page table.
-  Status greedy_begin(const Plan& plan, const BatchInfo& batch, std::span<const uint32_t> page_ids);
+  // Writes the first step's inputs (a plan that can_queue_greedy): one token of one
+  // sequence and its page table.
+  Status greedy_begin(const Plan& plan, const BatchInfo& batch, const std::vector<uint32_t>& page_ids);
   // Page `index` of the sequence's table, for positions the queued steps will reach.
   Status greedy_page(size_t index, uint32_t id);
   // Queues the next step (after the last one queued).

@@ -34,11 +34,12 @@ int32_t argmax(std::span<const float> values) {
 
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {}
 
-bool Sampler::is_argmax() const {
+bool Sampler::penalizes() const {
   const SamplerOptions& o = options_;
-  return o.temperature <= 0.0f && (o.penalty_last_n <= 0 || (o.repetition_penalty == 1.0f && o.frequency_penalty == 0.0f &&
-                                                             o.presence_penalty == 0.0f));
+  return o.penalty_last_n > 0 && (o.repetition_penalty != 1.0f || o.frequency_penalty != 0.0f || o.presence_penalty != 0.0f);
 }
+
+bool Sampler::is_argmax() const { return options_.temperature <= 0.0f && !penalizes(); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   const SamplerOptions& o = options_;
@@ -46,10 +47,9 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   work_.assign(logits.begin(), logits.end());
 
   // Penalties over the last penalty_last_n tokens.
-  if (o.repetition_penalty != 1.0f || o.frequency_penalty != 0.0f || o.presence_penalty != 0.0f) {
-    const size_t from = history.size() > static_cast<size_t>(std::max(0, o.penalty_last_n))
-                            ? history.size() - static_cast<size_t>(std::max(0, o.penalty_last_n))
-                            : 0;
+  if (penalizes()) {
+    const auto last_n = static_cast<size_t>(o.penalty_last_n);  // > 0 here
+    const size_t from = history.size() > last_n ? history.size() - last_n : 0;
     std::unordered_map<int32_t, int> counts;
     for (size_t i = from; i < history.size(); ++i)
       if (history[i] >= 0 && history[i] < n) ++counts[history[i]];

@@ -39,6 +39,8 @@ class Sampler {
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
  private:
+  // Whether a penalty changes any logit (one is set and it looks at recent tokens).
+  bool penalizes() const;
   SamplerOptions options_;
   std::mt19937_64 rng_;
   std::vector<float> work_;

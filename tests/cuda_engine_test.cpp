@@ -96,6 +96,32 @@ double rel_error(const std::vector<float>& got, const std::vector<float>& want) 
   return std::sqrt(e / std::max(s, 1e-30));
 }
 
+// Three matrices of one row length on the device (q, k, v) with their outputs (filled
+// with NaN) and biases (none when `bias` is empty), as gemv_multi takes them.
+struct DeviceQkv {
+  std::vector<DeviceBuffer<uint8_t>> w;
+  std::vector<DeviceBuffer<float>> b, y;
+  cuda::DeviceMatrix ms[3];
+  const cuda::DeviceMatrix* mp[3];
+  float* ys[3];
+  const float* bs[3] = {nullptr, nullptr, nullptr};
+  DeviceQkv(DType dtype, const int64_t (&rows)[3], int64_t cols, int64_t n, const std::vector<std::vector<uint8_t>>& weights,
+            const std::vector<std::vector<float>>& bias) {
+    w.reserve(3), b.reserve(3), y.reserve(3);
+    for (size_t i = 0; i < 3; ++i) {
+      w.emplace_back(weights[i]);
+      y.emplace_back(static_cast<size_t>(n * rows[i]));
+      cudaMemset(y.back().p, 0xff, y.back().n * 4);
+      ms[i] = {dtype, rows[i], cols, w.back().p};
+      mp[i] = &ms[i];
+      ys[i] = y.back().p;
+      if (!bias.empty()) bs[i] = b.emplace_back(bias[i]).p;
+    }
+  }
+  DeviceQkv(const DeviceQkv&) = delete;  // mp and ys point into it
+  DeviceQkv& operator=(const DeviceQkv&) = delete;
+};
+
 TEST(CudaKernels, GemvAndGemmMatchTheCpuReference) {
   SKIP_WITHOUT_GPU();
   struct Shape {
@@ -193,30 +219,14 @@ TEST(CudaKernels, MultiAndGatedGemvsMatchTheCpu) {
                                    (pipelined ? " pipelined" : " streaming");
           // q, k, v: the first accumulates into a residual (all three get their bias).
           {
-            std::vector<DeviceBuffer<uint8_t>> dw;
-            std::vector<DeviceBuffer<float>> db, dy;
-            cuda::DeviceMatrix ms[3];
-            const cuda::DeviceMatrix* mp[3];
-            float* ys[3];
-            const float* bs[3];
-            dw.reserve(3), db.reserve(3), dy.reserve(3);
-            for (int i = 0; i < 3; ++i) {
-              dw.emplace_back(w[static_cast<size_t>(i)]);
-              db.emplace_back(bias[static_cast<size_t>(i)]);
-              dy.emplace_back(static_cast<size_t>(n * rows[i]));
-              cudaMemset(dy.back().p, 0xff, dy.back().n * 4);
-              ms[i] = {dtype, rows[i], cols, dw.back().p};
-              mp[i] = &ms[i];
-              ys[i] = dy.back().p;
-              bs[i] = db.back().p;
-            }
+            DeviceQkv d(dtype, rows, cols, n, w, bias);
             // accumulate applies to every matrix of the launch: give each its residual.
-            ASSERT_EQ(cudaMemcpy(dy[0].p, residual.data(), residual.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-            for (int i = 1; i < 3; ++i) cudaMemset(dy[static_cast<size_t>(i)].p, 0, dy[static_cast<size_t>(i)].n * 4);
-            cuda::gemv_multi(mp, ys, bs, 3, dx.p, dq.p, n, true, nullptr);
+            ASSERT_EQ(cudaMemcpy(d.y[0].p, residual.data(), residual.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+            for (size_t i = 1; i < 3; ++i) cudaMemset(d.y[i].p, 0, d.y[i].n * 4);
+            cuda::gemv_multi(d.mp, d.ys, d.bs, 3, dx.p, dq.p, n, true, nullptr);
             ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
             for (int i = 0; i < 3; ++i)
-              EXPECT_LT(rel_error(dy[static_cast<size_t>(i)].download(), want[i]), 1e-5) << what << " matrix " << i;
+              EXPECT_LT(rel_error(d.y[static_cast<size_t>(i)].download(), want[i]), 1e-5) << what << " matrix " << i;
           }
           // gate (matrix 0) and up (its own weights of the same shape), SiLU in the kernel.
           {
@@ -263,25 +273,11 @@ TEST(CudaKernels, GemvsThatNormalizeTheirInputMatchNormThenGemv) {
         DeviceBuffer<uint8_t> dq(cuda::act_bytes(cols) * static_cast<size_t>(n));
         const cuda::RmsNormIn norm{din.p, dnw.p, 1e-5f, dx.p, dq.p};
         {  // q, k, v
-          std::vector<DeviceBuffer<uint8_t>> dw;
-          std::vector<DeviceBuffer<float>> dy;
-          cuda::DeviceMatrix ms[3];
-          const cuda::DeviceMatrix* mp[3];
-          float* ys[3];
-          const float* bs[3] = {nullptr, nullptr, nullptr};
-          dw.reserve(3), dy.reserve(3);
-          for (int i = 0; i < 3; ++i) {
-            dw.emplace_back(w[static_cast<size_t>(i)]);
-            dy.emplace_back(static_cast<size_t>(n * rows[i]));
-            cudaMemset(dy.back().p, 0xff, dy.back().n * 4);
-            ms[i] = {dtype, rows[i], cols, dw.back().p};
-            mp[i] = &ms[i];
-            ys[i] = dy.back().p;
-          }
-          cuda::gemv_multi(mp, ys, bs, 3, dx.p, dq.p, n, false, nullptr, &norm);
+          DeviceQkv d(dtype, rows, cols, n, w, {});
+          cuda::gemv_multi(d.mp, d.ys, d.bs, 3, dx.p, dq.p, n, false, nullptr, &norm);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
           for (int i = 0; i < 3; ++i)
-            EXPECT_LT(rel_error(dy[static_cast<size_t>(i)].download(),
+            EXPECT_LT(rel_error(d.y[static_cast<size_t>(i)].download(),
                                 cpu_matmul(dtype, w[static_cast<size_t>(i)], rows[i], cols, normed, n)),
                       5e-5)
                 << what << " matrix " << i;
