@@ -258,12 +258,11 @@ Status Context::greedy_on_gpu(const Plan& plan, SeqId seq, int32_t token, int64_
   int64_t limit = std::min(max_evals, options_.n_ctx - start);  // evaluations at most
   KVANT_TRY(kv_->reserve(seq, 1));
   const int32_t position = static_cast<int32_t>(start), zero = 0;
-  BatchInfo batch;
+  BatchInfo batch;  // the first step's; the device writes the later steps' token and position
   batch.tokens = std::span<const int32_t>(&token, 1);
   batch.positions = std::span<const int32_t>(&position, 1);
   batch.slot = std::span<const int32_t>(&zero, 1);
   batch.output_rows = std::span<const int32_t>(&zero, 1);
-  batch.page_tables.push_back(kv_->page_table(seq));
   KVANT_TRY(cuda_->greedy_begin(plan, batch, kv_->page_ids(seq)));
   size_t pages_sent = kv_->page_ids(seq).size();
   // Queues the step that evaluates position start + step, its page in the table first.

@@ -20,8 +20,8 @@
 #include "kernels/cuda/kernels.h"
 #include "runtime/context.h"
 #include "runtime/cuda_backend.h"
-#include "runtime/session.h"
 #include "runtime/sampler.h"
+#include "runtime/session.h"
 #include "tests/greedy_check.h"
 #include "tests/test_util.h"
 
@@ -391,8 +391,6 @@ TEST(CudaKernels, NormQuantizeEqualsNormThenQuantize) {
   }
 }
 
-// KV rows written on the GPU read back on the CPU as the CPU would have written them,
-// and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
 // greedy_next against kvant::argmax on awkward rows: ties (the first wins), NaN (never
 // wins; 0 when every value is NaN), infinities, lengths around a block's 8 × 256 and the
 // grid's 32 blocks. One work area for every launch: each leaves it ready for the next.
@@ -426,6 +424,8 @@ TEST(CudaKernels, GreedyNextIsTheArgmax) {
     }
 }
 
+// KV rows written on the GPU read back on the CPU as the CPU would have written them,
+// and attention on the GPU (split-K decode and flash prefill) equals the CPU's.
 TEST(CudaKernels, KvStoreAndAttentionMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -700,24 +700,20 @@ TEST(CudaEngine, DecodeIsDeterministic) {
   o.n_ctx = 96;
   o.n_seq = 2;
   auto ctx = std::move(Context::create(*model, o)).value();
-  std::vector<int32_t> prompt(20);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 11) % 512);
+  const std::vector<int32_t> prompt = test::greedy_prompt(ctx->model().config().vocab_size);
   auto decode = [&](bool greedy) {
-    const SeqId s = *ctx->new_sequence();
-    EXPECT_TRUE(ctx->eval(s, prompt));
     std::vector<int32_t> out;
-    int32_t t = 3;
     if (greedy) {
+      const SeqId s = *ctx->new_sequence();
+      EXPECT_TRUE(ctx->eval(s, prompt));
       int64_t evaluated = 0;
-      EXPECT_TRUE(ctx->greedy(s, t, 40, [&](int32_t x) { out.push_back(x); return GreedyNext::evaluate; }, &evaluated));
+      EXPECT_TRUE(ctx->greedy(s, 3, 40, [&](int32_t x) { out.push_back(x); return GreedyNext::evaluate; }, &evaluated));
+      ctx->free_sequence(s);
     } else {
-      for (int i = 0; i < 39; ++i) {
-        EXPECT_TRUE(ctx->eval(s, std::span<const int32_t>(&t, 1)));
-        t = argmax(ctx->logits(0));
-        out.push_back(t);
-      }
+      const test::EvalLoop loop = test::eval_then_argmax(*ctx, prompt, 3, 39);
+      out = loop.argmax;
+      ctx->free_sequence(loop.seq);
     }
-    ctx->free_sequence(s);
     return out;
   };
   const auto eval1 = decode(false), eval2 = decode(false), greedy1 = decode(true), greedy2 = decode(true);

@@ -8,17 +8,15 @@
 #include "runtime/sampler.h"
 
 namespace kvant::test {
-namespace {
 
-struct Reference {
-  SeqId seq = -1;
-  std::vector<int32_t> argmax;              // after evaluating step i
-  std::vector<std::vector<float>> logits;  // of step i
-};
+std::vector<int32_t> greedy_prompt(int64_t vocab) {
+  std::vector<int32_t> prompt(20);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 11) % vocab);
+  return prompt;
+}
 
-// The loop greedy replaces: evaluate, take the argmax, evaluate it, ...
-Reference eval_loop(Context& ctx, std::span<const int32_t> prompt, int32_t token, int64_t steps) {
-  Reference r;
+EvalLoop eval_then_argmax(Context& ctx, std::span<const int32_t> prompt, int32_t token, int64_t steps) {
+  EvalLoop r;
   r.seq = *ctx.new_sequence();
   EXPECT_TRUE(ctx.eval(r.seq, prompt));
   for (int64_t i = 0; i < steps; ++i) {
@@ -31,6 +29,8 @@ Reference eval_loop(Context& ctx, std::span<const int32_t> prompt, int32_t token
   }
   return r;
 }
+
+namespace {
 
 double max_rel_diff(std::span<const float> got, std::span<const float> want) {
   EXPECT_EQ(got.size(), want.size());
@@ -53,9 +53,7 @@ void check_greedy_against_eval(const std::string& model_path, ContextOptions opt
   auto created = Context::create(*model, options);
   ASSERT_TRUE(created) << created.status().message();
   Context& ctx = **created;
-  const int64_t vocab = ctx.model().config().vocab_size;
-  std::vector<int32_t> prompt(20);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 11) % vocab);
+  const std::vector<int32_t> prompt = greedy_prompt(ctx.model().config().vocab_size);
   const int32_t first = 3, other = 5;
 
   struct Case {
@@ -75,7 +73,7 @@ void check_greedy_against_eval(const std::string& model_path, ContextOptions opt
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const Reference ref = eval_loop(ctx, prompt, first, c.want_evaluated);
+    const EvalLoop ref = eval_then_argmax(ctx, prompt, first, c.want_evaluated);
     ASSERT_EQ(static_cast<int64_t>(ref.logits.size()), c.want_evaluated);
     const SeqId s = *ctx.new_sequence();
     ASSERT_TRUE(ctx.eval(s, prompt));
@@ -110,7 +108,7 @@ void check_greedy_against_eval(const std::string& model_path, ContextOptions opt
   // The end of the context: as many evaluations as there are positions, then eval's
   // context_full.
   const int64_t room = options.n_ctx - static_cast<int64_t>(prompt.size());
-  const Reference ref = eval_loop(ctx, prompt, first, room);
+  const EvalLoop ref = eval_then_argmax(ctx, prompt, first, room);
   ASSERT_EQ(static_cast<int64_t>(ref.logits.size()), room);
   const SeqId s = *ctx.new_sequence();
   ASSERT_TRUE(ctx.eval(s, prompt));
