@@ -25,7 +25,7 @@ using Clock = std::chrono::steady_clock;
 
 struct TestResult {
   std::string model_path, model_name, dtype, test, kv;
-  int64_t n_prompt = 0, n_gen = 0, depth = 0, params = 0, size_bytes = 0;
+  int64_t n_prompt = 0, n_gen = 0, depth = 0, n_ctx = 0, params = 0, size_bytes = 0;
   int threads = 0;
   bool no_kv_cache = false;
   std::vector<double> tps;  // tokens/s of each repetition
@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
   int reps = 3;
   int gpu_layers = -1;
   int64_t n_batch = 512;
+  int64_t context = 0;
   bool json = false, no_kv_cache = false, quiet = false;
   app.add_option("-m,--model", models, "model file(s)")->required()->delimiter(',');
   app.add_option("-p,--n-prompt", n_prompt, "prompt lengths to prefill (ppN tests; 0 skips); repeat or list: -p 128,512")
@@ -124,6 +125,12 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->delimiter(',');
   app.add_option("-d,--depth", depths, "tokens already in the context before each test")->capture_default_str()->delimiter(',');
+  app.add_option("-c,--ctx", context,
+                 "context size in tokens, as kvant-chat's -c (0: depth + the longest test + 1, the least the tests "
+                 "need; kvant-chat's default is 4096). On the GPU it sets the attention's launch (the splits it "
+                 "may take), so decode speed depends on it")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--kv", kv_types, "KV-cache types: f16, q8, q4 (f32 for reference)")->capture_default_str()->delimiter(',');
   app.add_option("-t,--threads", threads_list, "thread counts (default: all cores)")->delimiter(',');
   app.add_option("--device", device, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
@@ -200,6 +207,14 @@ int main(int argc, char** argv) {
           for (int64_t p : n_prompt) longest = std::max(longest, p);
           for (int64_t g : n_gen) longest = std::max(longest, g);
           o.n_ctx = depth + longest + 1;
+          if (context > 0) {
+            if (context < o.n_ctx) {
+              fmt::print(stderr, "kvant-bench: error: --ctx {} is too small: depth {} and a test of {} tokens need {}\n",
+                         context, depth, longest, o.n_ctx);
+              return 1;
+            }
+            o.n_ctx = context;
+          }
           auto ctx = Context::create(*model, o);
           if (!ctx) {
             fmt::print(stderr, "kvant-bench: error: {}\n", ctx.status().message());
@@ -216,6 +231,7 @@ int main(int argc, char** argv) {
             r.n_prompt = prefill ? n : 0;
             r.n_gen = prefill ? 0 : n;
             r.depth = depth;
+            r.n_ctx = o.n_ctx;
             r.threads = threads;
             r.no_kv_cache = no_kv_cache && !prefill;
             r.params = params;
@@ -260,6 +276,7 @@ int main(int argc, char** argv) {
                           {"n_prompt", r.n_prompt},
                           {"n_gen", r.n_gen},
                           {"depth", r.depth},
+                          {"n_ctx", r.n_ctx},
                           {"kv_type", r.kv},
                           {"threads", r.threads},
                           {"device", device},
@@ -282,9 +299,9 @@ int main(int argc, char** argv) {
   for (const auto& r : results) {
     const bool decode = r.n_gen > 0;
     const double gbs = decode ? r.mean() * r.bytes_per_token / 1e9 : 0.0;
-    fmt::print("| {} | {} | {} | {} | {} | {} | {}{} | {} | {:.2f} ± {:.2f} | {} | {} |\n", r.model_name, r.dtype,
+    fmt::print("| {} | {} | {} | {} | {} | {} | {}{}{} | {} | {:.2f} ± {:.2f} | {} | {} |\n", r.model_name, r.dtype,
                format_bytes(static_cast<double>(r.size_bytes)), human_count(r.params), r.kv, r.threads, r.test,
-               r.no_kv_cache ? " (no KV cache)" : "", r.depth, r.mean(), r.stddev(),
+               r.no_kv_cache ? " (no KV cache)" : "", context > 0 ? fmt::format(" (context {})", r.n_ctx) : "", r.depth, r.mean(), r.stddev(),
                decode ? fmt::format("{:.1f}", gbs) : "-", decode ? fmt::format("{:.0f}%", 100.0 * gbs / bandwidth) : "-");
   }
   return 0;
