@@ -2,15 +2,12 @@
 // the C API and its C++ wrapper, kvant-chat, sessions across processes, multi-turn
 // prefill counters, two threads on one model, and kvant-chat's peak memory.
 // Every test skips, saying so, when the default model has not been fetched.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <fstream>
@@ -19,8 +16,6 @@
 #include <thread>
 
 #include "tests/test_util.h"
-
-extern char** environ;
 
 namespace {
 
@@ -336,23 +331,16 @@ TEST(Api, ChatPeakMemoryIsFileKvCacheAnd64MiB) {
   kvant::api::Model model(path);
   const uint64_t kv = kvant_model_kv_bytes_per_token(model.get(), "f16") * n_ctx;
   const auto file = static_cast<uint64_t>(fs::file_size(path));
-  const std::string exe = bin("kvant-chat"), ctx = std::to_string(n_ctx);
-  std::vector<std::string> args = {exe, "-m", path, "-c", ctx, "-n", "64", "-p", "Write a haiku about the sea."};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
-  int status = 0;
-  rusage ru{};
-  ASSERT_EQ(wait4(pid, &status, 0, &ru), pid);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  const uint64_t peak = static_cast<uint64_t>(ru.ru_maxrss) * 1024, budget = file + kv + (64ull << 20);
+  // Through peak_rss (tests/peak_rss.c): spawned from this process, the child's peak
+  // would include this process's own memory.
+  const auto r = kvant::test::run_command(bin("peak_rss") + " " + bin("kvant-chat") + " -m '" + path + "' -c " +
+                                          std::to_string(n_ctx) + " -n 64 -p 'Write a haiku about the sea.'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  long peak_kib = 0;
+  int status = -2;
+  ASSERT_EQ(std::sscanf(r.output.c_str(), "%ld %d", &peak_kib, &status), 2) << r.output;
+  ASSERT_EQ(status, 0) << "kvant-chat failed";
+  const uint64_t peak = static_cast<uint64_t>(peak_kib) * 1024, budget = file + kv + (64ull << 20);
   std::printf("kvant-chat on q4 (%.1f MiB file, %.1f MiB KV cache at %lld positions): peak RSS %.1f MiB, "
               "budget %.1f MiB\n",
               file / 1048576.0, kv / 1048576.0, static_cast<long long>(n_ctx), peak / 1048576.0, budget / 1048576.0);
