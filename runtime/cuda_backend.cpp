@@ -576,8 +576,16 @@ Result<size_t> CudaExecutor::run_node(const Plan& plan, size_t index, size_t end
       // In decode, the attention kernel also writes the int8 records of its output that
       // the next node (quantize, for the output projection's GEMV) would make.
       uint8_t* q = fused_quantize();
+      // The output projection launches early, except a q4 one: a pipelined GEMV (q8 and
+      // f16 weights) copies its weights' first stages during the attention (on the H100
+      // q8 decode +0.14% alone, +1.3% with the pipelined GEMVs' even row groups, f16
+      // +0.65% with them), while the q4 GEMVs lose by it (-5%: their early blocks' loads
+      // slow the attention more than they save).
+      const size_t next = index + (q ? 2u : 1u);
+      const bool early = decode && next < end && nodes[next].op == Op::matmul && nodes[next].w[0] &&
+                         nodes[next].w[0]->dtype != DType::q4;
       cuda::attention(kv, static_cast<uint32_t>(n.layer), in(n.in[0]), rows, c.n_heads, c.n_kv_heads, positions, slots,
-                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), q, scratch_, counters_, s);
+                      single_sequence_, static_cast<int32_t>(c.sliding_window), n_ctx_, out(), q, scratch_, counters_, s, early);
       return size_t{q ? 2u : 1u};
     }
     case Op::silu_mul: cuda::silu_mul(in(n.in[0]), in(n.in[1]), rows * n.width, out(), s); return size_t{1};

@@ -723,6 +723,41 @@ TEST(CudaEngine, DecodeIsDeterministic) {
   EXPECT_EQ(eval1, greedy1);
 }
 
+// A long decode: step by step from position 0 to 300 against the CPU (f16 weights, f32
+// KV: the same arithmetic), across many KV pages and split counts of the attention, and
+// greedy from position 240 to 280 against the eval loop.
+TEST(CudaEngine, LongDecodeMatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = synthetic_file("tiny", DType::f16);
+  std::vector<int32_t> tokens(300);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 131 + 7) % 512);
+  ContextOptions cpu_o, gpu_o;
+  cpu_o.kv_type = gpu_o.kv_type = KvType::f32;
+  cpu_o.n_ctx = gpu_o.n_ctx = 512;
+  gpu_o.device = Device::cuda;
+  const auto cpu = all_logits(path, cpu_o, tokens, true);
+  const auto gpu = all_logits(path, gpu_o, tokens, true);
+  double scale = 0;
+  for (float v : cpu) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+  EXPECT_LT(max_abs_diff(gpu, cpu) / scale, 1e-4);
+
+  auto model = Model::load(path);
+  ASSERT_TRUE(model);
+  gpu_o.n_seq = 2;
+  gpu_o.kv_type = KvType::q8;
+  auto ctx = std::move(Context::create(*model, gpu_o)).value();
+  const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 240);
+  const test::EvalLoop loop = test::eval_then_argmax(*ctx, prompt, 3, 39);
+  ctx->free_sequence(loop.seq);
+  const SeqId s = *ctx->new_sequence();
+  ASSERT_TRUE(ctx->eval(s, prompt));
+  std::vector<int32_t> greedy;
+  int64_t evaluated = 0;
+  ASSERT_TRUE(ctx->greedy(s, 3, 40, [&](int32_t x) { greedy.push_back(x); return GreedyNext::evaluate; }, &evaluated));
+  ASSERT_EQ(loop.argmax.size(), 39u);
+  EXPECT_EQ(greedy, loop.argmax);
+}
+
 // A session saved on the GPU restores on the CPU (and the reverse) with the same
 // next-token logits.
 TEST(CudaEngine, SessionsMoveBetweenBackends) {

@@ -80,13 +80,15 @@ void rope_store(const DeviceKv& kv, uint32_t layer, const float* q, float* q_out
 // attention_scratch_floats). max_context bounds every token's position + 1.
 // counters: attention_counters ints, zero before the first call (the kernel leaves them zero).
 // out_q, when not null, also receives the output rows' int8 records (quantize_acts),
-// written by the attention kernel itself for decode batches.
+// written by the attention kernel itself for decode batches. launch_next_early: the
+// split-K kernel lets the next kernel launch once its blocks are past their wait
+// (programmatic launch), so that its early blocks overlap the attention.
 size_t attention_scratch_floats(int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t max_context);
 size_t attention_counters(int64_t n_tokens, int64_t n_heads);
 void attention(const DeviceKv& kv, uint32_t layer, const float* q, int64_t n_tokens, int64_t n_heads,
                int64_t n_kv_heads, const int32_t* positions, const int32_t* slots, bool single_sequence,
                int32_t window, int64_t max_context, float* out, uint8_t* out_q, float* scratch, int* counters,
-               cudaStream_t stream);
+               cudaStream_t stream, bool launch_next_early = false);
 
 // ---- matmul -----------------------------------------------------------------------------
 
