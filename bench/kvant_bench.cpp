@@ -127,8 +127,7 @@ int main(int argc, char** argv) {
   app.add_option("-d,--depth", depths, "tokens already in the context before each test")->capture_default_str()->delimiter(',');
   app.add_option("-c,--ctx", context,
                  "context size in tokens, as kvant-chat's -c (0: depth + the longest test + 1, the least the tests "
-                 "need; kvant-chat's default is 4096). On the GPU it sets the attention's launch (the splits it "
-                 "may take), so decode speed depends on it")
+                 "need; kvant-chat's default is 4096): the KV cache allocated and, on the GPU, the attention's launch")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--kv", kv_types, "KV-cache types: f16, q8, q4 (f32 for reference)")->capture_default_str()->delimiter(',');
@@ -299,9 +298,11 @@ int main(int argc, char** argv) {
   for (const auto& r : results) {
     const bool decode = r.n_gen > 0;
     const double gbs = decode ? r.mean() * r.bytes_per_token / 1e9 : 0.0;
-    fmt::print("| {} | {} | {} | {} | {} | {} | {}{}{} | {} | {:.2f} ± {:.2f} | {} | {} |\n", r.model_name, r.dtype,
-               format_bytes(static_cast<double>(r.size_bytes)), human_count(r.params), r.kv, r.threads, r.test,
-               r.no_kv_cache ? " (no KV cache)" : "", context > 0 ? fmt::format(" (context {})", r.n_ctx) : "", r.depth, r.mean(), r.stddev(),
+    const std::string notes = std::string(r.no_kv_cache ? " (no KV cache)" : "") +
+                              (context > 0 ? fmt::format(" (context {})", r.n_ctx) : "");
+    fmt::print("| {} | {} | {} | {} | {} | {} | {}{} | {} | {:.2f} ± {:.2f} | {} | {} |\n", r.model_name, r.dtype,
+               format_bytes(static_cast<double>(r.size_bytes)), human_count(r.params), r.kv, r.threads, r.test, notes,
+               r.depth, r.mean(), r.stddev(),
                decode ? fmt::format("{:.1f}", gbs) : "-", decode ? fmt::format("{:.0f}%", 100.0 * gbs / bandwidth) : "-");
   }
   return 0;
