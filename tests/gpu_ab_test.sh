@@ -23,6 +23,17 @@ PY
 grep -qE '^\| plain \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| - \|$' "$tmp/out/ab.md" || fail "no row for plain"
 grep -qE '^\| scalar \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+% \|$' "$tmp/out/ab.md" || fail "no row for scalar"
 cmp -s <(sed -n '/^Device/,$p' "$tmp/stdout") "$tmp/out/ab.md" || fail "the printed table differs from ab.md"
+# A value with commas (a part without '=' continues the value before it).
+python3 - "$src/tools/gpu-ab" <<'PY' || fail "values with commas"
+import importlib.machinery, importlib.util, sys
+loader = importlib.machinery.SourceFileLoader("gpu_ab", sys.argv[1])
+m = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_ab", loader))
+loader.exec_module(m)
+_, _, variants, _ = m.parse_args(["x=d,A=1,B=p,q,r", "y=e", "--", "-m", "m"])
+assert [(n, str(d), env) for n, d, env in variants] == [("x", "d", {"A": "1", "B": "p,q,r"}), ("y", "e", {})], variants
+PY
+if "$src/tools/gpu-ab" x="$bin",p -- -m m 2> "$tmp/err"; then fail "a setting without '=' was accepted"; fi
+grep -q "environment settings are VAR=VALUE, not 'p'" "$tmp/err" || fail "setting without '=': $(cat "$tmp/err")"
 # Bad arguments are refused, naming what is wrong.
 if "$src/tools/gpu-ab" x="$tmp/missing" -- -m m 2> "$tmp/err"; then fail "a missing build was accepted"; fi
 grep -q "is neither a directory" "$tmp/err" || fail "missing build: $(cat "$tmp/err")"
