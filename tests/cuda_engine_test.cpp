@@ -702,19 +702,10 @@ TEST(CudaEngine, DecodeIsDeterministic) {
   auto ctx = std::move(Context::create(*model, o)).value();
   const std::vector<int32_t> prompt = test::greedy_prompt(ctx->model().config().vocab_size);
   auto decode = [&](bool greedy) {
-    std::vector<int32_t> out;
-    if (greedy) {
-      const SeqId s = *ctx->new_sequence();
-      EXPECT_TRUE(ctx->eval(s, prompt));
-      int64_t evaluated = 0;
-      EXPECT_TRUE(ctx->greedy(s, 3, 40, [&](int32_t x) { out.push_back(x); return GreedyNext::evaluate; }, &evaluated));
-      ctx->free_sequence(s);
-    } else {
-      const test::EvalLoop loop = test::eval_then_argmax(*ctx, prompt, 3, 39);
-      out = loop.argmax;
-      ctx->free_sequence(loop.seq);
-    }
-    return out;
+    if (greedy) return test::greedy_tokens(*ctx, prompt, 3, 40);
+    const test::EvalLoop loop = test::eval_then_argmax(*ctx, prompt, 3, 39);
+    ctx->free_sequence(loop.seq);
+    return loop.argmax;
   };
   const auto eval1 = decode(false), eval2 = decode(false), greedy1 = decode(true), greedy2 = decode(true);
   ASSERT_EQ(eval1.size(), 39u);
@@ -749,13 +740,8 @@ TEST(CudaEngine, LongDecodeMatchesTheCpu) {
   const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 240);
   const test::EvalLoop loop = test::eval_then_argmax(*ctx, prompt, 3, 39);
   ctx->free_sequence(loop.seq);
-  const SeqId s = *ctx->new_sequence();
-  ASSERT_TRUE(ctx->eval(s, prompt));
-  std::vector<int32_t> greedy;
-  int64_t evaluated = 0;
-  ASSERT_TRUE(ctx->greedy(s, 3, 40, [&](int32_t x) { greedy.push_back(x); return GreedyNext::evaluate; }, &evaluated));
   ASSERT_EQ(loop.argmax.size(), 39u);
-  EXPECT_EQ(greedy, loop.argmax);
+  EXPECT_EQ(test::greedy_tokens(*ctx, prompt, 3, 40), loop.argmax);
 }
 
 // A session saved on the GPU restores on the CPU (and the reverse) with the same

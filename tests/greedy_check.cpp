@@ -30,6 +30,20 @@ EvalLoop eval_then_argmax(Context& ctx, std::span<const int32_t> prompt, int32_t
   return r;
 }
 
+std::vector<int32_t> greedy_tokens(Context& ctx, std::span<const int32_t> prompt, int32_t token, int64_t max_evals) {
+  std::vector<int32_t> out;
+  const SeqId s = *ctx.new_sequence();
+  EXPECT_TRUE(ctx.eval(s, prompt));
+  int64_t evaluated = 0;
+  const Status st = ctx.greedy(s, token, max_evals, [&](int32_t x) {
+    out.push_back(x);
+    return GreedyNext::evaluate;
+  }, &evaluated);
+  EXPECT_TRUE(st) << st.message();
+  ctx.free_sequence(s);
+  return out;
+}
+
 namespace {
 
 double max_rel_diff(std::span<const float> got, std::span<const float> want) {

@@ -23,6 +23,11 @@ struct EvalLoop {
 };
 EvalLoop eval_then_argmax(Context& ctx, std::span<const int32_t> prompt, int32_t token, int64_t steps);
 
+// What greedy decoding gives on a new sequence of ctx (freed after): evaluates the prompt,
+// then Context::greedy from `token` for at most max_evals evaluations, every token it
+// asks about kept (max_evals - 1 of them) and evaluated.
+std::vector<int32_t> greedy_tokens(Context& ctx, std::span<const int32_t> prompt, int32_t token, int64_t max_evals);
+
 // On a model with a vocabulary and context of at least 64: the tokens greedy asks
 // about, the sequence it leaves (length, tokens, KV rows: checked by evaluating one
 // more token) and its final logits equal those of the eval-then-argmax loop, when it
